@@ -1,0 +1,120 @@
+"""Shared pieces of the experiment configs: model families, adapters, task recipes.
+
+Config files import these and override fields; nothing here is run directly.
+"""
+
+import fiddle as fdl
+
+import morejax
+from morejax.config import Data, Experiment, Mesh, Model, Optimizer, shared_dir
+
+QKV_BERT = r".*/(query|key|value)/kernel"
+QKV_LLAMA = r".*/(q_proj|k_proj|v_proj)/kernel"
+QKVUD_LLAMA = r".*/(q_proj|k_proj|v_proj|up_proj|down_proj)/kernel"
+HEAD = (r"head/.*",)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def minilm_l6(num_labels: int = 2) -> fdl.Config:
+    """all-MiniLM-L6-v2 from its pip package (offline), with a fresh classification head."""
+    return fdl.Config(Model, name="minilm-l6", family="bert", head="classification",
+                      num_labels=num_labels)
+
+
+def roberta_large(num_labels: int = 2) -> fdl.Config:
+    """RoBERTa-large: shapes built in; weights from `model.checkpoint` (a local HF folder)."""
+    return fdl.Config(Model, name="roberta-large", family="bert", head="classification",
+                      num_labels=num_labels)
+
+
+def llama(name: str) -> fdl.Config:
+    """A LLaMA-family decoder by config name; weights from `model.checkpoint`."""
+    return fdl.Config(Model, name=name, family="llama", head="lm", num_labels=0,
+                      dtype="bfloat16")
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+def more(nblocks: int = 4, rank: int = 4, dropout: float = 0.0) -> fdl.Config:
+    return fdl.Config(morejax.MoRe, nblocks=nblocks, rank=rank, dropout=dropout)
+
+
+def lora(rank: int = 8, alpha: float = 8.0, dropout: float = 0.0) -> fdl.Config:
+    return fdl.Config(morejax.LoRA, rank=rank, alpha=alpha, dropout=dropout)
+
+
+def milora(rank: int = 32, alpha: float | None = None) -> fdl.Config:
+    return fdl.Config(morejax.MiLoRA, rank=rank, alpha=alpha)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def glue_data(task: str, **kw) -> fdl.Config:
+    """GLUE from ../shared/data/glue when present (offline), else through TFDS."""
+    return fdl.Config(Data, kind="glue", task=task, local_dir=shared_dir("glue"), **kw)
+
+
+def glue_recipe(task: str, model: fdl.Config | None = None) -> fdl.Config:
+    """The MoRe paper's GLUE recipe: nb4 r4 on q,k,v, head trains, AdamW wd 0.001,
+    warmup 0.06, max len 128, fp32, per-task lr/batch/epochs/schedule, best on validation."""
+    from morejax.data import glue
+
+    spec = glue.spec(task)
+    r = spec.recipe
+    return fdl.Config(
+        Experiment,
+        name=f"glue-{spec.name}-more",
+        model=model or roberta_large(spec.num_labels),
+        adapter=more(4, 4),
+        targets=QKV_BERT,
+        trainable=HEAD,
+        data=glue_data(spec.name, max_len=r.max_length),
+        optimizer=fdl.Config(Optimizer, learning_rate=r.lr, schedule=r.schedule,
+                             warmup_ratio=r.warmup_ratio, weight_decay=r.weight_decay),
+        mesh=fdl.Config(Mesh),
+        batch_size=r.batch_size,
+        epochs=r.epochs,
+        eval_every=0,
+    )
+
+
+def glue_task_overrides(task: str) -> dict:
+    """What changes when a GLUE recipe config switches task (for sweeps over tasks)."""
+    from morejax.data import glue
+
+    spec = glue.spec(task)
+    r = spec.recipe
+    return {
+        "data.task": spec.name,
+        "model.num_labels": spec.num_labels,
+        "optimizer.learning_rate": r.lr,
+        "optimizer.schedule": r.schedule,
+        "batch_size": r.batch_size,
+        "epochs": r.epochs,
+    }
+
+
+def reasoning_recipe(model: fdl.Config, adapter: fdl.Config, targets: str, task: str,
+                     *, lr: float, weight_decay: float = 0.0) -> fdl.Config:
+    """LLM-Adapters style fine-tuning: batch 16, 3 epochs, cutoff 256, linear schedule,
+    100 warmup steps, frozen base in bf16 sharded over a 'model' axis."""
+    return fdl.Config(
+        Experiment,
+        name=f"{task}-{fdl.get_callable(adapter).__name__.lower()}",
+        model=model,
+        adapter=adapter,
+        targets=targets,
+        data=fdl.Config(Data, kind="reasoning", task=task, local_dir=shared_dir("llm-adapters"),
+                        eval_split="test", max_len=256, eval_batch_size=16),
+        optimizer=fdl.Config(Optimizer, learning_rate=lr, schedule="linear", warmup_steps=100,
+                             weight_decay=weight_decay),
+        mesh=fdl.Config(Mesh, data=-1, model=1),
+        batch_size=16,
+        epochs=3,
+        dropout=True,
+        base_dtype="bfloat16",
+    )

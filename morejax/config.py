@@ -1,0 +1,464 @@
+"""Experiment configs: fiddle trees of the whole run, gin-style `--set` overrides, sweeps.
+
+A config file under `configs/` defines `config() -> fdl.Config[Experiment]` and may
+define `sweep() -> list[dict]` (override dicts, one per point). Paths are fiddle
+attribute paths with optional subscripts: `adapter.rank`, `optimizer.lr_groups['head/.*']`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import itertools
+import json
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import fiddle as fdl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- the run's pieces
+
+
+@dataclasses.dataclass
+class Model:
+    """Which network and weights.
+
+    `name` is a named config of the `family` module (`bert` / `llama` CONFIGS), enough for
+    shape-only tables; `checkpoint` is where pretrained weights come from (a registry short
+    name such as 'minilm-l6' or a local Hugging Face folder; None: `name`).
+    `pretrained=False` initialises randomly (tests) and takes the tokenizer from `tokenizer`
+    (a registry name or a tokenizer.json path); `overrides` changes config fields.
+    """
+
+    name: str = "minilm-l6"
+    family: str = "bert"
+    checkpoint: str | None = None
+    head: str = "classification"
+    num_labels: int = 2
+    pretrained: bool = True
+    tokenizer: str | None = None
+    overrides: dict | None = None
+    scan_layers: bool = False
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass
+class Data:
+    """Where examples come from and how they are batched.
+
+    `kind` is `glue` (encoder batches) or `reasoning` (decoder batches with `loss_mask`).
+    `local_dir` prepares GLUE from local TSVs (offline; the task folder or a GLUE root);
+    None lets TFDS download. `data_dir` is the TFDS folder (None: ~/tensorflow_datasets).
+    `train_limit` / `eval_limit` keep the first N examples (smoke runs, tests).
+    `pipeline` passes extra keyword arguments to the batching functions.
+    """
+
+    kind: str = "glue"
+    task: str = "sst2"
+    local_dir: str | None = None
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_len: int = 128
+    buckets: tuple[int, ...] | None = None
+    eval_batch_size: int = 128
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    seed: int = 0
+    num_threads: int = 1
+    pipeline: dict | None = None
+
+
+@dataclasses.dataclass
+class Optimizer:
+    """AdamW with a warmup schedule; `lr_groups` maps regexes to learning-rate multipliers.
+
+    Weight decay applies to every trainable leaf except those matching `no_decay`.
+    Clipping uses the global norm of the adapter gradients only.
+    """
+
+    learning_rate: float = 5e-4
+    schedule: str = "cosine"
+    warmup_ratio: float = 0.06
+    warmup_steps: int | None = None
+    end_factor: float = 0.0
+    weight_decay: float = 0.0
+    no_decay: tuple[str, ...] = (r".*bias", r".*(LayerNorm|layernorm|layer_norm|norm)[^/]*/.*")
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: float | None = 1.0
+    lr_groups: dict | None = None
+
+
+@dataclasses.dataclass
+class Mesh:
+    """Device mesh: `data` (-1 = all remaining devices) x `model` (shards the frozen base)."""
+
+    data: int = -1
+    model: int = 1
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A whole fine-tuning run. `adapter` applies to kernels matching `targets`;
+    `rules` adds more `{regex: method}` pairs tried before it.
+
+    `steps` wins over `epochs`. `vmap_seeds` / `vmap_learning_rates` train several members
+    of this config in one compiled program (a vectorised sweep).
+    """
+
+    name: str = "experiment"
+    model: Any = None
+    adapter: Any = None
+    targets: str = r".*/(query|key|value)/kernel"
+    rules: dict | None = None
+    trainable: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    data: Any = None
+    optimizer: Any = None
+    mesh: Any = None
+    batch_size: int = 32
+    micro_batches: int = 1
+    steps: int | None = None
+    epochs: float | None = None
+    eval_every: int = 0
+    eval_at_start: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 0
+    metric: str | None = None
+    seed: int = 0
+    dropout: bool = True
+    base_dtype: str = "float32"
+    vmap_seeds: tuple[int, ...] = ()
+    vmap_learning_rates: tuple[float, ...] = ()
+
+    def all_rules(self) -> dict:
+        """The ordered adapter rules: extra `rules` first, then `targets -> adapter`."""
+        rules = dict(self.rules or {})
+        if self.adapter is not None and self.targets:
+            rules[self.targets] = self.adapter
+        return rules
+
+
+# ----------------------------------------------------------------------------- loading files
+
+
+def load_module(path: str | Path):
+    """Import a config file by path; its folder and the folder above are importable."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    for p in (str(path.parent.parent), str(path.parent)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    name = f"_morejax_config_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, "config"):
+        raise ValueError(f"{path} defines no config() function")
+    return module
+
+
+def load(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> fdl.Config:
+    """The config of a file with overrides applied (`["a.b=1"]` strings or a `{path: value}` dict)."""
+    cfg = load_module(path).config()
+    return apply_overrides(cfg, overrides)
+
+
+def sweep_points(path: str | Path) -> list[dict]:
+    """The override dicts of a config file's `sweep()`; [{}] when it defines none."""
+    module = load_module(path)
+    if not hasattr(module, "sweep"):
+        return [{}]
+    points = [dict(p) for p in module.sweep()]
+    return points or [{}]
+
+
+def product(**axes: Iterable) -> list[dict]:
+    """All combinations of the axes: `product(**{'adapter.rank': [4, 8], 'seed': [0, 1]})`."""
+    keys = list(axes)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(list(axes[k]) for k in keys))]
+
+
+def zipped(**axes: Iterable) -> list[dict]:
+    """Axes walked together (equal lengths)."""
+    keys, cols = list(axes), [list(v) for v in axes.values()]
+    if len({len(c) for c in cols}) > 1:
+        raise ValueError(f"zipped axes differ in length: { {k: len(c) for k, c in zip(keys, cols)} }")
+    return [dict(zip(keys, vals)) for vals in zip(*cols)]
+
+
+def point_name(overrides: Mapping[str, Any]) -> str:
+    """A folder-safe name for one sweep point."""
+    if not overrides:
+        return "default"
+    parts = [f"{k.split('.')[-1]}={_short(v)}" for k, v in overrides.items()]
+    name = ",".join(parts)
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, fdl.Buildable):
+        return fdl.get_callable(v).__name__
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- paths and overrides
+
+
+def _parse_path(path: str) -> list[tuple[str, Any]]:
+    """`a.b['k'][0]` -> [('attr','a'), ('attr','b'), ('item','k'), ('item',0)]."""
+    try:
+        node = ast.parse("_." + path.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise ValueError(f"cannot parse config path {path!r}: {e.msg}") from None
+    steps = []
+    while not (isinstance(node, ast.Name) and node.id == "_"):
+        if isinstance(node, ast.Attribute):
+            steps.append(("attr", node.attr))
+            node = node.value
+        elif isinstance(node, ast.Subscript):
+            try:
+                key = ast.literal_eval(node.slice)
+            except ValueError:
+                raise ValueError(f"subscript in {path!r} must be a literal") from None
+            steps.append(("item", key))
+            node = node.value
+        else:
+            raise ValueError(f"cannot parse config path {path!r}")
+    return steps[::-1]
+
+
+def _fmt_path(steps: list[tuple[str, Any]]) -> str:
+    out = ""
+    for kind, key in steps:
+        out += f".{key}" if kind == "attr" else f"[{key!r}]"
+    return out.lstrip(".")
+
+
+def _arguments(b: fdl.Buildable) -> dict:
+    """All of a buildable's arguments, defaults included (factories left out)."""
+    args = {}
+    for name, param in b.__signature_info__.parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in b.__arguments__:
+            args[name] = b.__arguments__[name]
+        elif param.default is not param.empty:
+            args[name] = param.default
+        else:
+            args[name] = fdl.NO_VALUE
+    for name, value in b.__arguments__.items():
+        args.setdefault(name, value)
+    return args
+
+
+def _children(value: Any) -> list[tuple[tuple[str, Any], Any]]:
+    if isinstance(value, fdl.Buildable):
+        return [(("attr", k), v) for k, v in _arguments(value).items()]
+    if isinstance(value, Mapping):
+        return [(("item", k), v) for k, v in value.items()]
+    if isinstance(value, (list, tuple)):
+        return [(("item", i), v) for i, v in enumerate(value)]
+    return []
+
+
+def flatten(cfg: Any, *, prefix: list | None = None) -> dict[str, Any]:
+    """`{path: leaf value}` over the whole config, defaults included; buildables add `path.__fn__`."""
+    out, prefix = {}, prefix or []
+    if isinstance(cfg, fdl.Buildable):
+        fn = fdl.get_callable(cfg)
+        out[_fmt_path(prefix + [("attr", "__fn__")])] = f"{fn.__module__}.{fn.__qualname__}"
+    kids = _children(cfg)
+    if not kids and prefix:
+        out[_fmt_path(prefix)] = cfg
+    for step, value in kids:
+        out.update(flatten(value, prefix=prefix + [step]))
+    return out
+
+
+def valid_paths(cfg: Any) -> list[str]:
+    """Every settable path (leaves and inner nodes)."""
+    paths = []
+
+    def walk(value, prefix):
+        for step, child in _children(value):
+            paths.append(_fmt_path(prefix + [step]))
+            walk(child, prefix + [step])
+
+    walk(cfg, [])
+    return paths
+
+
+def _unknown(cfg: Any, path: str, reason: str) -> ValueError:
+    paths = valid_paths(cfg)
+    near = difflib.get_close_matches(path, paths, n=6, cutoff=0.5)
+    if not near:
+        head = path.rsplit(".", 1)[0]
+        near = [p for p in paths if p.startswith(head + ".")][:10] or paths[:10]
+    return ValueError(f"unknown config path {path!r} ({reason}); nearest valid paths: {', '.join(near)}")
+
+
+def get_path(cfg: Any, path: str) -> Any:
+    node = cfg
+    for i, (kind, key) in enumerate(_parse_path(path)):
+        node = _get(cfg, node, kind, key, path, i)
+    return node
+
+
+def _get(cfg, node, kind, key, path, i):
+    if kind == "attr":
+        if not isinstance(node, fdl.Buildable) or key not in _arguments(node):
+            raise _unknown(cfg, path, f"no field {key!r}")
+        return _arguments(node)[key]
+    try:
+        return node[key]
+    except (KeyError, IndexError, TypeError):
+        raise _unknown(cfg, path, f"no item [{key!r}]") from None
+
+
+def set_path(cfg: Any, path: str, value: Any) -> None:
+    """Set one nested value in place; unknown paths raise ValueError naming the nearest ones."""
+    steps = _parse_path(path)
+    if not steps:
+        raise ValueError("empty config path")
+    node = cfg
+    for i, (kind, key) in enumerate(steps[:-1]):
+        child = _get(cfg, node, kind, key, path, i)
+        if isinstance(child, tuple):  # tuples are rebuilt so that items can be set
+            child = list(child)
+        elif isinstance(child, Mapping) and not isinstance(child, dict):
+            child = dict(child)
+        elif child is None and steps[i + 1][0] == "item" and isinstance(steps[i + 1][1], str):
+            child = {}  # an unset dict field (e.g. lr_groups=None) gets created
+        _put(node, kind, key, child)
+        node = child
+    kind, key = steps[-1]
+    if kind == "attr":
+        if not isinstance(node, fdl.Buildable) or key not in _arguments(node):
+            raise _unknown(cfg, path, f"no field {key!r}")
+        setattr(node, key, value)
+    elif isinstance(node, dict):
+        node[key] = value
+    elif isinstance(node, list):
+        if not isinstance(key, int) or not -len(node) <= key < len(node):
+            raise _unknown(cfg, path, f"index {key!r} out of range")
+        node[key] = value
+    else:
+        raise _unknown(cfg, path, f"{type(node).__name__} takes no items")
+
+
+def _put(node, kind, key, child):
+    if kind == "attr":
+        setattr(node, key, child)
+    else:
+        node[key] = child
+
+
+def _factories() -> dict[str, Any]:
+    """Callables a `--set` value may name, e.g. `adapter=LoRA(rank=8)`."""
+    import morejax
+
+    names = ("LoRA", "MoRe", "PiSSA", "MiLoRA", "DoRA", "Full")
+    out = {n: getattr(morejax, n) for n in names if hasattr(morejax, n)}
+    out.update(Model=Model, Data=Data, Optimizer=Optimizer, Mesh=Mesh)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """A Python literal; `Name(k=literal, ...)` for a method or config class; else a bare word."""
+    text = text.strip()
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        node = ast.parse(text, mode="eval").body
+    except SyntaxError:
+        node = None
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        factories = _factories()
+        if node.func.id not in factories:
+            raise ValueError(f"unknown callable {node.func.id!r} in {text!r}; known: {sorted(factories)}")
+        if node.args:
+            raise ValueError(f"{text!r}: pass keyword arguments only")
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+        return fdl.Config(factories[node.func.id], **kwargs)
+    if re.fullmatch(r"[A-Za-z_][\w\-./]*", text):
+        return text
+    raise ValueError(f"cannot parse value {text!r} (quote strings: 'text')")
+
+
+def apply_overrides(cfg: fdl.Config, overrides: Iterable[str] | Mapping[str, Any]) -> fdl.Config:
+    """Apply `path=value` strings (values parsed) or a `{path: value}` dict (values as given)."""
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for text in overrides:
+            if "=" not in text:
+                raise ValueError(f"--set expects PATH=VALUE, got {text!r}")
+            path, value = text.split("=", 1)
+            items.append((path.strip(), parse_value(value)))
+    for path, value in items:
+        set_path(cfg, path, value)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- building and writing
+
+
+def build(cfg: fdl.Config) -> Experiment:
+    exp = fdl.build(cfg)
+    if not isinstance(exp, Experiment):
+        raise TypeError(f"config() must build an Experiment, got {type(exp).__name__}")
+    return exp
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    return repr(v)
+
+
+def to_json(cfg: Any) -> dict:
+    return {k: _jsonable(v) for k, v in flatten(cfg).items()}
+
+
+def to_text(cfg: Any) -> str:
+    """One `path = value` line per leaf, defaults included."""
+    return "\n".join(f"{k} = {v!r}" for k, v in flatten(cfg).items())
+
+
+def write_resolved(cfg: Any, workdir: str | Path, extra: Mapping | None = None) -> None:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.txt").write_text(to_text(cfg) + "\n")
+    payload = {"config": to_json(cfg), **(dict(extra) if extra else {})}
+    (workdir / "config.json").write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def shared_dir(*parts: str) -> str | None:
+    """A folder under `../shared/data` beside the checkout (offline data), or None when absent."""
+    import os
+
+    base = Path(os.environ.get("MOREJAX_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    path = base.joinpath(*parts)
+    return str(path) if path.is_dir() else None

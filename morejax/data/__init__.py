@@ -1,0 +1,1 @@
+"""Data sets (GLUE, LLM-Adapters reasoning) and the batching pipeline."""

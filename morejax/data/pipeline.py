@@ -1,0 +1,514 @@
+"""Batching pipeline: batched tokenisation, bucketed padding, grain iteration with exact resume.
+
+Batches are dicts of numpy arrays, all ``(B, L)`` or ``(B,)`` where ``B`` is this
+process's share of the global batch and ``L`` one of a few bucket lengths (so jit
+compiles a handful of shapes):
+
+- encoder (GLUE examples ``{'text_a', 'text_b', 'label', 'idx'}``): ``input_ids``,
+  ``attention_mask``, ``token_type_ids`` (0 for the first text, 1 for the second),
+  ``labels`` (int32, or float32 for regression), ``idx`` when examples carry one;
+- decoder (examples ``{'prompt', 'response'}``): ``input_ids`` = tokens of
+  prompt + response + EOS, right-padded; ``attention_mask``; ``loss_mask`` (1 on the
+  response and EOS tokens); ``labels`` equal to ``input_ids`` (unshifted, as in Hugging
+  Face): the loss predicts ``labels[:, 1:]`` from ``logits[:, :-1]`` weighted by
+  ``loss_mask[:, 1:]``;
+- always: ``valid`` (int32, 0 on rows that only pad an evaluation remainder) and
+  ``index`` (the row's position in the source, -1 on padding rows).
+
+Order: global batch ``k`` of epoch ``e`` holds positions ``k*G ... k*G+G-1`` of a
+permutation of the source that depends only on ``(seed, e)`` (grain's index
+shuffle); process ``p`` of ``P`` gets rows ``p*G/P ... (p+1)*G/P - 1`` of it. The
+batch sequence is a pure function of the step number, so the iterator's state is a
+step counter and restoring it replays exactly, even on a different process count.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from tokenizers import Tokenizer
+
+__all__ = [
+    "make_buckets",
+    "pick_bucket",
+    "EncoderCollator",
+    "DecoderCollator",
+    "BatchIterator",
+    "encoder_batches",
+    "decoder_batches",
+    "encoder_eval_batches",
+    "decoder_eval_batches",
+    "count_tokens",
+]
+
+_PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<unk>")
+_EOS_TOKENS = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>")
+_STATE_KEYS = ("epoch", "position", "seed")
+
+
+# ----------------------------------------------------------------------------- buckets
+
+
+def make_buckets(max_len: int, buckets: Sequence[int] | None = None, min_len: int = 32):
+    """Sorted bucket lengths ending at ``max_len``: doubling from ``min_len`` by default;
+    given buckets above ``max_len`` are dropped and ``max_len`` is always added."""
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if buckets is None:
+        buckets = []
+        b = min_len
+        while b < max_len:
+            buckets.append(b)
+            b *= 2
+    if any(int(b) < 1 for b in buckets):
+        raise ValueError(f"bucket lengths must be >= 1, got {list(buckets)}")
+    return tuple(sorted({int(b) for b in buckets if b <= max_len} | {int(max_len)}))
+
+
+def pick_bucket(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``length`` tokens."""
+    for b in buckets:
+        if length <= b:
+            return b
+    raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]}")
+
+
+# ----------------------------------------------------------------------------- tokenising
+
+
+def _unwrap(tokenizer: Any) -> Tokenizer:
+    """A ``tokenizers.Tokenizer``, or a wrapper holding one as ``.tokenizer``."""
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else getattr(tokenizer, "tokenizer", None)
+    if not isinstance(tok, Tokenizer):
+        raise TypeError(f"expected a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
+    return tok
+
+
+def _own_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """A private copy, so our truncation/padding settings never touch the caller's
+    object and prefetch threads never share mutable state with it."""
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    copy.no_padding()
+    copy.no_truncation()
+    return copy
+
+
+def _pad_id(tokenizer: Tokenizer, pad_id: int | None) -> int:
+    if pad_id is not None:
+        return int(pad_id)
+    if tokenizer.padding is not None:
+        return int(tokenizer.padding["pad_id"])
+    for token in _PAD_TOKENS:
+        i = tokenizer.token_to_id(token)
+        if i is not None:
+            return int(i)
+    return 0
+
+
+def _field(example: dict, key: str):
+    try:
+        return example[key]
+    except (KeyError, TypeError):
+        keys = sorted(example) if isinstance(example, dict) else type(example).__name__
+        raise KeyError(f"example lacks {key!r} (has {keys})") from None
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], length: int, fill: int) -> np.ndarray:
+    out = np.full((len(rows), length), fill, np.int32)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _optional_idx(examples: Sequence[dict], batch: dict) -> None:
+    if all(isinstance(e, dict) and "idx" in e for e in examples):
+        batch["idx"] = np.asarray([int(e["idx"]) for e in examples], np.int32)
+
+
+class EncoderCollator:
+    """GLUE examples to an encoder batch: single texts or pairs, one ``encode_batch``.
+
+    Pairs are truncated longest-first to ``max_len`` by the tokenizer, which also adds
+    its special tokens and type ids (``[CLS] a [SEP] b [SEP]`` with 0/1 for BERT).
+    ``label_dtype`` None infers float32 when a batch's labels are floats, else int32.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        max_len: int = 128,
+        buckets: Sequence[int] | None = None,
+        pad_id: int | None = None,
+        label_dtype=None,
+    ):
+        raw = _unwrap(tokenizer)
+        self.pad_id = _pad_id(raw, pad_id)
+        self.tokenizer = _own_tokenizer(raw)
+        self.tokenizer.enable_truncation(max_len, strategy="longest_first")
+        self.max_len = max_len
+        self.buckets = make_buckets(max_len, buckets)
+        self.label_dtype = label_dtype
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, np.ndarray]:
+        inputs = []
+        for e in examples:
+            a, b = _field(e, "text_a"), e.get("text_b")
+            inputs.append(a if b is None else (a, b))
+        encodings = self.tokenizer.encode_batch(inputs, add_special_tokens=True)
+        length = pick_bucket(max(len(x.ids) for x in encodings), self.buckets)
+        batch = {
+            "input_ids": _pad_rows([x.ids for x in encodings], length, self.pad_id),
+            "attention_mask": _pad_rows([[1] * len(x.ids) for x in encodings], length, 0),
+            "token_type_ids": _pad_rows([x.type_ids for x in encodings], length, 0),
+        }
+        labels = [_field(e, "label") for e in examples]
+        dtype = self.label_dtype
+        if dtype is None:
+            floats = any(isinstance(v, (float, np.floating)) for v in labels)
+            dtype = np.float32 if floats else np.int32
+        batch["labels"] = np.asarray(labels, dtype)
+        _optional_idx(examples, batch)
+        return batch
+
+
+class DecoderCollator:
+    """Prompt/response examples to a causal-LM batch with a loss mask on the response.
+
+    Each text is tokenised whole (prompt + response, so tokens at the seam are those
+    generation would see) with the tokenizer's special tokens (e.g. BOS); a token is a
+    response token when it ends after the prompt's last character. Like LLM-Adapters,
+    sequences are cut to ``max_len`` and EOS is appended only when there is room and
+    the sequence does not already end with it.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        *,
+        max_len: int = 256,
+        buckets: Sequence[int] | None = None,
+        pad_id: int | None = None,
+        eos_id: int | None = None,
+        add_special_tokens: bool = True,
+    ):
+        raw = _unwrap(tokenizer)
+        self.tokenizer = _own_tokenizer(raw)
+        self.pad_id = _pad_id(raw, pad_id)
+        if eos_id is None:
+            for token in _EOS_TOKENS:
+                eos_id = self.tokenizer.token_to_id(token)
+                if eos_id is not None:
+                    break
+        if eos_id is None:
+            raise ValueError(f"no EOS token among {_EOS_TOKENS} in the vocabulary: pass eos_id")
+        self.eos_id = int(eos_id)
+        self.max_len = max_len
+        self.buckets = make_buckets(max_len, buckets)
+        self.add_special_tokens = add_special_tokens
+
+    def __call__(self, examples: Sequence[dict]) -> dict[str, np.ndarray]:
+        prompts = [_field(e, "prompt") for e in examples]
+        texts = [p + _field(e, "response") for p, e in zip(prompts, examples)]
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=self.add_special_tokens)
+        ids_rows, mask_rows = [], []
+        for prompt, enc in zip(prompts, encodings):
+            cut = len(prompt)
+            ids = list(enc.ids)
+            special = enc.special_tokens_mask
+            loss = [int(end > cut and not s) for (_, end), s in zip(enc.offsets, special)]
+            ids, loss = ids[: self.max_len], loss[: self.max_len]
+            if len(ids) < self.max_len and (not ids or ids[-1] != self.eos_id):
+                ids.append(self.eos_id)
+                loss.append(1)
+            elif ids and ids[-1] == self.eos_id:
+                loss[-1] = 1  # the tokenizer's own EOS ends the response: learn it too
+            ids_rows.append(ids)
+            mask_rows.append(loss)
+        length = pick_bucket(max(len(r) for r in ids_rows), self.buckets)
+        input_ids = _pad_rows(ids_rows, length, self.pad_id)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": _pad_rows([[1] * len(r) for r in ids_rows], length, 0),
+            "loss_mask": _pad_rows(mask_rows, length, 0),
+            "labels": input_ids.copy(),
+        }
+        _optional_idx(examples, batch)
+        return batch
+
+
+# ----------------------------------------------------------------------------- iteration
+
+
+def _process_defaults(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax  # only when asked to look: importing jax is slow
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return int(process_index), int(process_count)
+
+
+class BatchIterator:
+    """Deterministic, process-sharded, restorable batches over a random-access source.
+
+    ``batch_size`` is the global batch; each of ``process_count`` processes yields
+    ``batch_size // process_count`` rows of every global batch. Training
+    (``drop_remainder=True``) yields ``len(source) // batch_size`` batches per epoch;
+    evaluation (``False``) yields ``ceil(len / batch_size)``, the last one completed
+    with ``valid=0`` rows, so every example is seen exactly once over all processes.
+    ``epochs=None`` repeats forever. ``num_threads`` > 0 prepares up to ``prefetch``
+    batches ahead in grain threads (tokenizers releases the GIL); 0 runs inline.
+    """
+
+    def __init__(
+        self,
+        source,
+        collate: Callable[[list], dict],
+        *,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        epochs: int | None = 1,
+        drop_remainder: bool = True,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        num_threads: int = 1,
+        prefetch: int = 2,
+        state: dict | None = None,
+    ):
+        self.source = source
+        self.collate = collate
+        n = len(source)
+        if n == 0:
+            raise ValueError("the source is empty")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.process_index, self.process_count = _process_defaults(process_index, process_count)
+        if batch_size % self.process_count:
+            raise ValueError(
+                f"global batch_size {batch_size} is not divisible by process_count "
+                f"{self.process_count}"
+            )
+        if not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+        if epochs is not None and epochs < 1:
+            raise ValueError(f"epochs must be >= 1 or None (forever), got {epochs}")
+        self.num_examples = n
+        self.batch_size = batch_size
+        self.local_batch_size = batch_size // self.process_count
+        self.seed, self.shuffle, self.epochs = int(seed), bool(shuffle), epochs
+        self.drop_remainder = drop_remainder
+        self.steps_per_epoch = n // batch_size if drop_remainder else math.ceil(n / batch_size)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{n} examples make no full global batch of {batch_size} with drop_remainder=True"
+            )
+        self.num_steps = None if epochs is None else self.steps_per_epoch * epochs
+        order = grain.MapDataset.range(n)
+        # Indexing past n reshuffles with seed + epoch; range maps i to i % n.
+        self._order = order.shuffle(seed=self.seed) if self.shuffle else order
+        stop = sys.maxsize if self.num_steps is None else self.num_steps
+        self._batches = grain.MapDataset.range(0, stop).map(self._make_batch)
+        self._read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+        self._threads = num_threads
+        self._step = 0
+        self._it = None
+        if state is not None:
+            self.set_state(state)
+
+    # The batch for a global step: a pure function of (step, seed, process).
+    def _make_batch(self, step: int) -> dict[str, np.ndarray]:
+        epoch, k = divmod(int(step), self.steps_per_epoch)
+        n, b = self.num_examples, self.local_batch_size
+        positions = k * self.batch_size + self.process_index * b + np.arange(b)
+        valid = positions < n
+        index = [int(self._order[epoch * n + int(q)]) for q in positions % n]
+        batch = self.collate([self.source[i] for i in index])
+        batch["valid"] = valid.astype(np.int32)
+        batch["index"] = np.where(valid, np.asarray(index, np.int32), -1).astype(np.int32)
+        if "idx" in batch:
+            batch["idx"] = np.where(valid, batch["idx"], -1).astype(np.int32)
+        return batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.num_steps is not None and self._step >= self.num_steps:
+            raise StopIteration
+        if self._threads <= 0:
+            batch = self._make_batch(self._step)
+        else:
+            if self._it is None:
+                self._it = iter(self._batches[self._step :].to_iter_dataset(self._read))
+            batch = next(self._it)
+        self._step += 1
+        return batch
+
+    def __len__(self) -> int:
+        """Batches left to yield (finite iterators only)."""
+        if self.num_steps is None:
+            raise TypeError("an iterator with epochs=None has no length")
+        return self.num_steps - self._step
+
+    @property
+    def step(self) -> int:
+        """Batches yielded so far (since the start of epoch 0)."""
+        return self._step
+
+    def get_state(self) -> dict:
+        """A JSON-serialisable position: the next batch is ``position`` of ``epoch``."""
+        epoch, position = divmod(self._step, self.steps_per_epoch)
+        return {
+            "epoch": epoch,
+            "position": position,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "num_examples": self.num_examples,
+            "batch_size": self.batch_size,
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Continues exactly where ``get_state`` was taken; refuses another pipeline's."""
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise ValueError(f"iterator state lacks {missing}: {state}")
+        for key, mine in (
+            ("seed", self.seed),
+            ("shuffle", self.shuffle),
+            ("num_examples", self.num_examples),
+            ("batch_size", self.batch_size),
+        ):
+            if key in state and state[key] != mine:
+                raise ValueError(
+                    f"iterator state has {key}={state[key]!r} but this pipeline has {mine!r}"
+                )
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < self.steps_per_epoch:
+            raise ValueError(
+                f"state epoch {epoch} / position {position} out of range "
+                f"({self.steps_per_epoch} batches per epoch)"
+            )
+        step = epoch * self.steps_per_epoch + position
+        if self.num_steps is not None and step > self.num_steps:
+            raise ValueError(f"state step {step} is past the end ({self.num_steps} batches)")
+        self._step = step
+        self._it = None
+
+
+# ----------------------------------------------------------------------------- conveniences
+
+
+def encoder_batches(
+    source,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_len: int = 128,
+    buckets: Sequence[int] | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    epochs: int | None = 1,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    pad_id: int | None = None,
+    label_dtype=None,
+    num_threads: int = 1,
+    prefetch: int = 2,
+    state: dict | None = None,
+) -> BatchIterator:
+    """Training batches for an encoder classifier/regressor from GLUE examples."""
+    collate = EncoderCollator(
+        tokenizer, max_len=max_len, buckets=buckets, pad_id=pad_id, label_dtype=label_dtype
+    )
+    return BatchIterator(
+        source,
+        collate,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        epochs=epochs,
+        drop_remainder=drop_remainder,
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=num_threads,
+        prefetch=prefetch,
+        state=state,
+    )
+
+
+def decoder_batches(
+    source,
+    tokenizer,
+    *,
+    batch_size: int,
+    max_len: int = 256,
+    buckets: Sequence[int] | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    epochs: int | None = 1,
+    drop_remainder: bool = True,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    pad_id: int | None = None,
+    eos_id: int | None = None,
+    add_special_tokens: bool = True,
+    num_threads: int = 1,
+    prefetch: int = 2,
+    state: dict | None = None,
+) -> BatchIterator:
+    """Causal-LM training batches (loss on the response) from prompt/response examples."""
+    collate = DecoderCollator(
+        tokenizer,
+        max_len=max_len,
+        buckets=buckets,
+        pad_id=pad_id,
+        eos_id=eos_id,
+        add_special_tokens=add_special_tokens,
+    )
+    return BatchIterator(
+        source,
+        collate,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        epochs=epochs,
+        drop_remainder=drop_remainder,
+        process_index=process_index,
+        process_count=process_count,
+        num_threads=num_threads,
+        prefetch=prefetch,
+        state=state,
+    )
+
+
+def encoder_eval_batches(source, tokenizer, *, batch_size: int, **kwargs) -> BatchIterator:
+    """One pass in source order, remainder kept (``valid`` marks real rows)."""
+    kwargs.update(shuffle=False, epochs=1, drop_remainder=False)
+    return encoder_batches(source, tokenizer, batch_size=batch_size, **kwargs)
+
+
+def decoder_eval_batches(source, tokenizer, *, batch_size: int, **kwargs) -> BatchIterator:
+    """One pass in source order, remainder kept (e.g. for validation loss)."""
+    kwargs.update(shuffle=False, epochs=1, drop_remainder=False)
+    return decoder_batches(source, tokenizer, batch_size=batch_size, **kwargs)
+
+
+def count_tokens(batch: dict[str, np.ndarray], key: str = "attention_mask") -> int:
+    """Real (non-pad) tokens in a batch, rows marked invalid excluded: for tokens/s.
+
+    ``key='loss_mask'`` counts the tokens a decoder is trained on instead.
+    """
+    mask = np.asarray(batch[key])
+    if "valid" in batch:
+        mask = mask * np.asarray(batch["valid"])[:, None]
+    return int(mask.sum())

@@ -1,0 +1,60 @@
+"""DoRA: W' = m · (W + sBA) / ||W + sBA||_row, the norm detached in the backward pass.
+
+Needs the whole kernel (for the norm), so `apply` and `delta` take it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from morejax.methods import _common
+
+
+def _column_norm(kernel, a, b, scale):
+    """||K + s·A@B|| per output column without forming A@B (cost d_in·d_out·r, like K@... once)."""
+    hi = jax.lax.Precision.HIGHEST
+    k = kernel.astype(jnp.float32)
+    kk = jnp.sum(k * k, axis=0)
+    ka = jnp.matmul(k.T, a, precision=hi)  # (d_out, r)
+    cross = jnp.sum(ka * b.T, axis=1)
+    gram = jnp.matmul(a.T, a, precision=hi)  # (r, r)
+    bb = jnp.sum(b * jnp.matmul(gram, b, precision=hi), axis=0)
+    sq = kk + 2 * scale * cross + scale**2 * bb
+    return jax.lax.stop_gradient(jnp.sqrt(jnp.maximum(sq, 0.0)))
+
+
+@dataclasses.dataclass(frozen=True)
+class DoRA:
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def init(self, key, kernel):
+        d_in, d_out = kernel.shape
+        a = _common.kaiming_uniform_a(key, d_in, self.rank)
+        magnitude = jnp.linalg.norm(kernel.astype(jnp.float32), axis=0)
+        return {"A": a, "B": jnp.zeros((self.rank, d_out), jnp.float32), "m": magnitude}, kernel
+
+    def apply(self, params, x, kernel=None, *, rng=None):
+        if kernel is None:
+            raise ValueError("DoRA.apply needs the kernel: its column norms set the scale")
+        a, b, m = params["A"], params["B"], params["m"]
+        ratio = (m / _column_norm(kernel, a, b, self.scale)).astype(x.dtype)
+        base_y = x @ kernel.astype(x.dtype)
+        lora_y = _common.lowrank_apply(a, b, _common.dropout(x, self.dropout, rng), self.scale)
+        return (ratio - 1) * base_y + ratio * lora_y
+
+    def delta(self, params, kernel=None):
+        if kernel is None:
+            raise ValueError("DoRA.delta needs the kernel")
+        a, b, m = params["A"], params["B"], params["m"]
+        k = kernel.astype(jnp.float32)
+        merged = k + _common.lowrank_delta(a, b, self.scale)
+        return m / _column_norm(kernel, a, b, self.scale) * merged - k

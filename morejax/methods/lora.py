@@ -1,0 +1,34 @@
+"""LoRA: Δy = s · (dropout(x) @ A) @ B, with B = 0 at init so the model starts unchanged."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+
+from morejax.methods import _common
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRA:
+    rank: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    rslora: bool = False
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
+
+    def init(self, key, kernel):
+        d_in, d_out = kernel.shape
+        a = _common.kaiming_uniform_a(key, d_in, self.rank)
+        return {"A": a, "B": jnp.zeros((self.rank, d_out), jnp.float32)}, kernel
+
+    def apply(self, params, x, kernel=None, *, rng=None):
+        x = _common.dropout(x, self.dropout, rng)
+        return _common.lowrank_apply(params["A"], params["B"], x, self.scale)
+
+    def delta(self, params, kernel=None):
+        return _common.lowrank_delta(params["A"], params["B"], self.scale)

@@ -1,0 +1,1 @@
+"""Model families (bert, llama) and the pretrained-name registry; import submodules directly."""

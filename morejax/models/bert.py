@@ -1,0 +1,530 @@
+"""BERT / RoBERTa / MiniLM encoders in Linen, with Hugging Face parameter names.
+
+Every projection is an ``nn.Dense`` named as in Hugging Face so adapter rules and
+checkpoint mappings read the same as in PyTorch code. Params of every model in
+this file share one layout: ``embeddings/...``, ``encoder/layers_{i}/...`` (or
+``encoder/layers/...`` stacked when ``scan_layers``) and, for task models,
+``head/...``; so a pretrained encoder loads into any of them unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "BertConfig",
+    "CONFIGS",
+    "BertEncoder",
+    "BertForSequenceClassification",
+    "BertForSentenceEmbedding",
+    "BertClassificationHead",
+    "MODELS",
+    "position_ids",
+    "hf_rename",
+    "hf_inverse_rename",
+    "REMAT_POLICIES",
+]
+
+# Name -> jax.checkpoint policy; 'full' saves nothing (recompute the whole layer).
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+
+_ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),  # BERT's erf GELU
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    pad_token_id: int = 0
+    # 0: positions are 0..L-1 (BERT). >0: RoBERTa's scheme, where non-pad tokens
+    # count from `position_offset` (= padding_idx + 1) and pads sit at offset - 1.
+    position_offset: int = 0
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    model_type: str = "bert"
+    dtype: Any = "float32"
+    param_dtype: Any = "float32"
+    scan_layers: bool = False
+    remat: str = "none"
+    num_labels: int = 2
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} not divisible by {self.num_heads}")
+        if self.remat != "none" and self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be 'none' or one of {sorted(REMAT_POLICIES)}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} not in {sorted(_ACTIVATIONS)}")
+        # dtype names keep the config printable/hashable; normalise jnp types to names.
+        for f in ("dtype", "param_dtype"):
+            object.__setattr__(self, f, jnp.dtype(getattr(self, f)).name)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def is_regression(self) -> bool:
+        return self.num_labels == 1
+
+    def replace(self, **kw) -> BertConfig:
+        return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def from_hf_config(cls, hf: dict, **overrides) -> BertConfig:
+        """Reads a Hugging Face ``config.json`` dict (BERT, RoBERTa, MiniLM)."""
+        if hf.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(
+                f"position_embedding_type {hf['position_embedding_type']!r} is not supported"
+            )
+        model_type = hf.get("model_type", "bert")
+        pad = hf.get("pad_token_id", 0 if model_type == "bert" else 1)
+        pad = 0 if pad is None else pad
+        roberta = model_type in ("roberta", "xlm-roberta", "camembert")
+        kw = dict(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            intermediate_size=hf["intermediate_size"],
+            max_position_embeddings=hf.get("max_position_embeddings", 512),
+            type_vocab_size=hf.get("type_vocab_size", 2),
+            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+            hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+            attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+            pad_token_id=pad,
+            position_offset=pad + 1 if roberta else 0,
+            hidden_act=hf.get("hidden_act", "gelu"),
+            initializer_range=hf.get("initializer_range", 0.02),
+            model_type="roberta" if roberta else "bert",
+        )
+        if "id2label" in hf:
+            kw["num_labels"] = len(hf["id2label"])
+        elif "num_labels" in hf:
+            kw["num_labels"] = hf["num_labels"]
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_hf_config(self) -> dict:
+        """The ``config.json`` dict that goes with an exported checkpoint."""
+        roberta = self.model_type == "roberta"
+        return {
+            "architectures": ["RobertaModel" if roberta else "BertModel"],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "intermediate_size": self.intermediate_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "layer_norm_eps": self.layer_norm_eps,
+            "hidden_dropout_prob": self.hidden_dropout,
+            "attention_probs_dropout_prob": self.attention_dropout,
+            "pad_token_id": self.pad_token_id,
+            "hidden_act": self.hidden_act,
+            "initializer_range": self.initializer_range,
+            "position_embedding_type": "absolute",
+            "id2label": {str(i): f"LABEL_{i}" for i in range(self.num_labels)},
+        }
+
+
+_ROBERTA = dict(
+    vocab_size=50265,
+    max_position_embeddings=514,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+    pad_token_id=1,
+    position_offset=2,
+    model_type="roberta",
+)
+
+# Paper-scale shapes, enough for parameter tables via jax.eval_shape.
+CONFIGS: dict[str, BertConfig] = {
+    "bert-base": BertConfig(),
+    "bert-large": BertConfig(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+    "roberta-base": BertConfig(**_ROBERTA),
+    "roberta-large": BertConfig(
+        hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096, **_ROBERTA
+    ),
+    "minilm-l6": BertConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
+    "minilm-l12": BertConfig(hidden_size=384, num_layers=12, num_heads=12, intermediate_size=1536),
+}
+
+
+def position_ids(input_ids_BxL: jax.Array, config: BertConfig) -> jax.Array:
+    """BERT counts 0..L-1; RoBERTa counts non-pad tokens from the offset, as HF does."""
+    L = input_ids_BxL.shape[-1]
+    if config.position_offset == 0:
+        return jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), input_ids_BxL.shape)
+    real_BxL = (input_ids_BxL != config.pad_token_id).astype(jnp.int32)
+    count_BxL = jnp.cumsum(real_BxL, axis=-1) * real_BxL
+    return count_BxL + (config.position_offset - 1)
+
+
+def _dense(config: BertConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(
+        features,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nn.initializers.normal(config.initializer_range),
+        name=name,
+    )
+
+
+def _layer_norm(config: BertConfig, name: str = "LayerNorm") -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps, dtype=config.dtype, param_dtype=config.param_dtype, name=name
+    )
+
+
+class BertEmbeddings(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, input_ids_BxL, token_type_ids_BxL, deterministic: bool):
+        c = self.config
+        init = nn.initializers.normal(c.initializer_range)
+
+        def embed(n, name):
+            return nn.Embed(n, c.hidden_size, c.dtype, c.param_dtype, init, name=name)
+
+        pos_BxL = position_ids(input_ids_BxL, c)
+        x_BxLxD = embed(c.vocab_size, "word_embeddings")(input_ids_BxL)
+        x_BxLxD = x_BxLxD + embed(c.max_position_embeddings, "position_embeddings")(pos_BxL)
+        x_BxLxD = x_BxLxD + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids_BxL)
+        x_BxLxD = _layer_norm(c)(x_BxLxD)
+        return nn.Dropout(c.hidden_dropout)(x_BxLxD, deterministic=deterministic)
+
+
+class BertSelfAttention(nn.Module):
+    """HF splits attention into `self` and `output`; morejax keeps `attention/{query,..}`."""
+
+    config: BertConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_BxLxD, bias_Bx1x1xL):
+        c = self.config
+        B, L, _ = x_BxLxD.shape
+        H, K = c.num_heads, c.head_dim
+
+        def heads(name):
+            return _dense(c, c.hidden_size, name)(x_BxLxD).reshape(B, L, H, K)
+
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = heads("query"), heads("key"), heads("value")
+        scores_BxHxLxL = jnp.einsum("blhk,bmhk->bhlm", q_BxLxHxK, k_BxLxHxK)
+        # Softmax in float32: bf16 logits lose the mask's large negative bias.
+        scores_BxHxLxL = scores_BxHxLxL.astype(jnp.float32) / math.sqrt(K) + bias_Bx1x1xL
+        probs_BxHxLxL = jax.nn.softmax(scores_BxHxLxL, axis=-1).astype(c.dtype)
+        probs_BxHxLxL = nn.Dropout(c.attention_dropout)(
+            probs_BxHxLxL, deterministic=self.deterministic
+        )
+        ctx_BxLxHxK = jnp.einsum("bhlm,bmhk->blhk", probs_BxHxLxL, v_BxLxHxK)
+        ctx_BxLxD = ctx_BxLxHxK.reshape(B, L, c.hidden_size)
+        return BertOutput(c, self.deterministic, name="output")(ctx_BxLxD, x_BxLxD)
+
+
+class BertOutput(nn.Module):
+    """dense -> dropout -> LayerNorm(residual + .): the post-LN block end."""
+
+    config: BertConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, h_BxLxF, residual_BxLxD):
+        c = self.config
+        y_BxLxD = _dense(c, c.hidden_size, "dense")(h_BxLxF)
+        y_BxLxD = nn.Dropout(c.hidden_dropout)(y_BxLxD, deterministic=self.deterministic)
+        return _layer_norm(c)(y_BxLxD + residual_BxLxD)
+
+
+class BertIntermediate(nn.Module):
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        c = self.config
+        return _ACTIVATIONS[c.hidden_act](_dense(c, c.intermediate_size, "dense")(x_BxLxD))
+
+
+class BertLayer(nn.Module):
+    """One post-LN block; returns (carry, None) so nn.scan can stack it."""
+
+    config: BertConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_BxLxD, bias_Bx1x1xL):
+        c = self.config
+        a_BxLxD = BertSelfAttention(c, self.deterministic, name="attention")(x_BxLxD, bias_Bx1x1xL)
+        h_BxLxF = BertIntermediate(c, name="intermediate")(a_BxLxD)
+        y_BxLxD = BertOutput(c, self.deterministic, name="output")(h_BxLxF, a_BxLxD)
+        return y_BxLxD, None
+
+
+class BertLayerStack(nn.Module):
+    config: BertConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_BxLxD, bias_Bx1x1xL):
+        c = self.config
+        layer = BertLayer
+        if c.remat != "none":
+            # prevent_cse is only needed outside scan (scan already blocks CSE).
+            layer = nn.remat(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
+        if c.scan_layers:
+            stack = nn.scan(
+                layer,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,),
+                length=c.num_layers,
+            )
+            x_BxLxD, _ = stack(c, self.deterministic, name="layers")(x_BxLxD, bias_Bx1x1xL)
+        else:
+            for i in range(c.num_layers):
+                x_BxLxD, _ = layer(c, self.deterministic, name=f"layers_{i}")(x_BxLxD, bias_Bx1x1xL)
+        return x_BxLxD
+
+
+def _encode(module: nn.Module, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, det):
+    """Builds `embeddings` and `encoder` directly under the calling module's scope."""
+    c = module.config
+    input_ids_BxL = jnp.asarray(input_ids_BxL, jnp.int32)
+    if attention_mask_BxL is None:
+        attention_mask_BxL = jnp.ones_like(input_ids_BxL)
+    if token_type_ids_BxL is None:
+        token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
+    keep_Bx1x1xL = jnp.asarray(attention_mask_BxL)[:, None, None, :] > 0
+    bias_Bx1x1xL = jnp.where(keep_Bx1x1xL, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    x_BxLxD = BertEmbeddings(c, name="embeddings")(
+        input_ids_BxL, jnp.asarray(token_type_ids_BxL, jnp.int32), det
+    )
+    x_BxLxD = BertLayerStack(c, det, name="encoder")(x_BxLxD, bias_Bx1x1xL)
+    return x_BxLxD, attention_mask_BxL
+
+
+class BertEncoder(nn.Module):
+    """Returns the last hidden states (B, L, D) in the compute dtype."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, deterministic=True
+    ):
+        x_BxLxD, _ = _encode(
+            self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, deterministic
+        )
+        return x_BxLxD
+
+
+class BertClassificationHead(nn.Module):
+    """[CLS] -> dense+tanh (BERT's pooler / RoBERTa's head dense) -> out_proj.
+
+    A standalone module so a fresh head can be initialised without the encoder.
+    """
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD, deterministic=True):
+        c = self.config
+        drop = nn.Dropout(c.hidden_dropout)
+        cls_BxD = x_BxLxD[:, 0]
+        h_BxD = jnp.tanh(_dense(c, c.hidden_size, "dense")(drop(cls_BxD, deterministic)))
+        logits_BxC = _dense(c, c.num_labels, "out_proj")(drop(h_BxD, deterministic))
+        return logits_BxC.astype(jnp.float32)
+
+
+class BertForSequenceClassification(nn.Module):
+    """GLUE-style classifier: logits (B, num_labels); regression (num_labels == 1) -> (B,)."""
+
+    config: BertConfig
+
+    @nn.compact
+    def __call__(
+        self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, deterministic=True
+    ):
+        x_BxLxD, _ = _encode(
+            self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, deterministic
+        )
+        logits_BxC = BertClassificationHead(self.config, name="head")(x_BxLxD, deterministic)
+        return logits_BxC[:, 0] if self.config.is_regression else logits_BxC
+
+
+class BertForSentenceEmbedding(nn.Module):
+    """Mean over real tokens (sentence-transformers' pooling), float32 (B, D)."""
+
+    config: BertConfig
+    normalize: bool = True
+
+    @nn.compact
+    def __call__(
+        self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, deterministic=True
+    ):
+        x_BxLxD, mask_BxL = _encode(
+            self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, deterministic
+        )
+        m_BxLx1 = jnp.asarray(mask_BxL, jnp.float32)[..., None]
+        sum_BxD = jnp.sum(x_BxLxD.astype(jnp.float32) * m_BxLx1, axis=1)
+        emb_BxD = sum_BxD / jnp.maximum(jnp.sum(m_BxLx1, axis=1), 1e-9)
+        if self.normalize:
+            emb_BxD = emb_BxD / jnp.maximum(jnp.linalg.norm(emb_BxD, axis=-1, keepdims=True), 1e-12)
+        return emb_BxD
+
+
+MODELS = {
+    None: BertEncoder,
+    "encoder": BertEncoder,
+    "classification": BertForSequenceClassification,
+    "embedding": BertForSentenceEmbedding,
+}
+
+
+# --------------------------------------------------------------------------- HF names
+
+_T = np.transpose  # torch Linear stores [out, in]; Flax Dense wants (in, out)
+
+# HF sub-name inside a layer -> morejax path inside the layer.
+_LAYER_MODULES = {
+    "attention.self.query": ("attention", "query"),
+    "attention.self.key": ("attention", "key"),
+    "attention.self.value": ("attention", "value"),
+    "attention.output.dense": ("attention", "output", "dense"),
+    "attention.output.LayerNorm": ("attention", "output", "LayerNorm"),
+    "intermediate.dense": ("intermediate", "dense"),
+    "output.dense": ("output", "dense"),
+    "output.LayerNorm": ("output", "LayerNorm"),
+}
+_EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+_PARAM = {"weight": None, "bias": "bias", "gamma": "scale", "beta": "bias"}
+_LAYER_RE = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|gamma|beta)")
+_IGNORED = re.compile(
+    r"embeddings\.(position_ids|token_type_ids)|(lm_head|cls)\..*|pooler\..*|classifier\..*"
+)
+
+
+def _head_names(config: BertConfig) -> dict[str, tuple[str, ...]]:
+    """HF module -> morejax head module; RoBERTa's head has its own dense, BERT uses the pooler."""
+    if config.model_type == "roberta":
+        return {"classifier.dense": ("head", "dense"), "classifier.out_proj": ("head", "out_proj")}
+    return {"pooler.dense": ("head", "dense"), "classifier": ("head", "out_proj")}
+
+
+def hf_rename(config: BertConfig, *, include_head: bool = False):
+    """HF tensor name -> (path, layer, transform) for weights.load_params.
+
+    Accepts names with or without a ``bert.``/``roberta.`` prefix. Pooler and
+    classifier tensors are ignored unless ``include_head`` (the target model then
+    needs ``head/dense`` and ``head/out_proj``). MLM heads are always ignored.
+    Unknown names raise KeyError, which load_params reports.
+    """
+    heads = _head_names(config)
+
+    def rename(name: str):
+        for prefix in ("bert.", "roberta."):
+            if name.startswith(prefix):
+                name = name[len(prefix) :]
+                break
+        module, _, kind = name.rpartition(".")
+        if include_head and module in heads and kind in ("weight", "bias"):
+            path = heads[module] + (("kernel",) if kind == "weight" else ("bias",))
+            return path, None, _T if kind == "weight" else None
+        if _IGNORED.fullmatch(name):
+            return None
+        if module.startswith("embeddings.") and kind in _PARAM:
+            sub = module[len("embeddings.") :]
+            if sub in _EMBEDDINGS and kind == "weight":
+                return ("embeddings", sub, "embedding"), None, None
+            if sub == "LayerNorm":
+                return (
+                    ("embeddings", "LayerNorm", "scale" if kind in ("weight", "gamma") else "bias"),
+                    None,
+                    None,
+                )
+        m = _LAYER_RE.fullmatch(name)
+        if m and m.group(2) in _LAYER_MODULES:
+            i, sub, kind = int(m.group(1)), _LAYER_MODULES[m.group(2)], m.group(3)
+            layer_path = ("encoder", "layers") if config.scan_layers else ("encoder", f"layers_{i}")
+            layer = i if config.scan_layers else None
+            if sub[-1] == "LayerNorm":
+                return (
+                    layer_path + sub + ("scale" if kind in ("weight", "gamma") else "bias",),
+                    layer,
+                    None,
+                )
+            if kind == "weight":
+                return layer_path + sub + ("kernel",), layer, _T
+            if kind == "bias":
+                return layer_path + sub + ("bias",), layer, None
+        raise KeyError(name)
+
+    return rename
+
+
+def hf_inverse_rename(config: BertConfig, *, prefix: str = ""):
+    """morejax path -> [(HF name, layer, transform)] for weights.save_safetensors.
+
+    Writes the names ``BertModel``/``RobertaModel`` use (``prefix`` e.g. ``'bert.'``
+    for the ``...ForSequenceClassification`` layout); the head goes to
+    ``pooler.dense``/``classifier`` (BERT) or ``classifier.{dense,out_proj}`` (RoBERTa),
+    which are never prefixed for RoBERTa and prefixed like the rest for BERT's pooler.
+    """
+    layer_modules = {v: k for k, v in _LAYER_MODULES.items()}
+    heads = {v: k for k, v in _head_names(config).items()}
+
+    def kind_of(last):
+        return {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}[last]
+
+    def inverse(path: tuple[str, ...]):
+        path = tuple(path)
+        kind = kind_of(path[-1])
+        transform = _T if path[-1] == "kernel" else None
+        if path[0] == "embeddings":
+            return [(f"{prefix}embeddings.{path[1]}.{kind}", None, None)]
+        if path[0] == "head":
+            module = heads[path[:2]]
+            pre = prefix if module.startswith("pooler") else ""
+            return [(f"{pre}{module}.{kind}", None, transform)]
+        if path[0] == "encoder":
+            sub = layer_modules[path[2:-1]]
+            if path[1] == "layers":
+                return [
+                    (f"{prefix}encoder.layer.{i}.{sub}.{kind}", i, transform)
+                    for i in range(config.num_layers)
+                ]
+            i = int(path[1].removeprefix("layers_"))
+            return [(f"{prefix}encoder.layer.{i}.{sub}.{kind}", None, transform)]
+        raise KeyError(f"no Hugging Face name for {'/'.join(path)}")
+
+    return inverse

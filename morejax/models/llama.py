@@ -1,0 +1,665 @@
+"""LLaMA-family decoder (LLaMA 1/2/3, SmolLM2) in Linen, with an explicit KV cache.
+
+Every projection is a bias-free ``nn.Dense`` named as in Hugging Face, so the
+transform can adapt it unmodified and checkpoints map one-to-one. The KV cache
+is a plain pytree passed in and returned (not a Flax ``cache`` collection) so
+that decoding loops can carry it through ``jax.jit`` / ``lax.while_loop`` without
+knowing how the parameters are structured.
+
+Shape suffixes: B batch, L query length, S key (cache) length, D hidden, H query
+heads, G key/value heads, R = H // G query heads per KV head, K head dim,
+F feed-forward width, V vocabulary, N layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "RopeScaling",
+    "LlamaConfig",
+    "CONFIGS",
+    "REMAT_POLICIES",
+    "RMSNorm",
+    "rope_inv_freq",
+    "apply_rope",
+    "LlamaAttention",
+    "LlamaMLP",
+    "LlamaDecoderLayer",
+    "LlamaForCausalLM",
+    "init_cache",
+    "abstract_params",
+    "load_hf_checkpoint",
+    "save_hf_checkpoint",
+    "default_positions",
+    "hf_rename",
+    "hf_inverse_rename",
+]
+
+# A finite "minus infinity" keeps fully masked rows (left padding) NaN-free.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+_DTYPE_NAMES = {
+    "float32": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "fp32": jnp.float32,
+    "bf16": jnp.bfloat16,
+    "fp16": jnp.float16,
+}
+
+
+def _as_dtype(dtype):
+    if isinstance(dtype, str):
+        return _DTYPE_NAMES[dtype]
+    return dtype
+
+
+# ----------------------------------------------------------------------------- config
+
+# Names for jax.checkpoint policies; 'none' means no rematerialisation.
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """LLaMA-3.1 style frequency-dependent RoPE scaling ("rope_type": "llama3")."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Shapes and numerics of a LLaMA-family decoder; hashable so it can be static."""
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    intermediate_size: int = 11008
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_seq_len: int = 2048
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    initializer_range: float = 0.02
+    dtype: Any = jnp.float32  # compute
+    param_dtype: Any = jnp.float32
+    scan_layers: bool = False
+    remat: str = "none"  # a key of REMAT_POLICIES
+
+    def __post_init__(self):
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        object.__setattr__(self, "dtype", _as_dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", _as_dtype(self.param_dtype))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+
+    def replace(self, **changes) -> LlamaConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf_config(cls, hf: Mapping[str, Any], **overrides) -> LlamaConfig:
+        """Reads a Hugging Face ``config.json`` dict (LlamaConfig fields)."""
+        scaling = None
+        rs = hf.get("rope_scaling")
+        if rs:
+            kind = rs.get("rope_type", rs.get("type"))
+            if kind != "llama3":
+                raise NotImplementedError(
+                    f"rope_scaling type {kind!r} (only 'llama3' is supported)"
+                )
+            scaling = RopeScaling(
+                factor=float(rs["factor"]),
+                low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
+                high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
+                original_max_position_embeddings=int(
+                    rs.get("original_max_position_embeddings", 8192)
+                ),
+            )
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise NotImplementedError("LLaMA variants with biases are not supported")
+        kw = dict(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=hf["num_attention_heads"],
+            num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+            head_dim=hf.get("head_dim"),
+            intermediate_size=hf["intermediate_size"],
+            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            rope_scaling=scaling,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            max_seq_len=int(hf.get("max_position_embeddings", 2048)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=hf.get("eos_token_id"),
+            initializer_range=float(hf.get("initializer_range", 0.02)),
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """The ``config.json`` dict that Hugging Face ``LlamaForCausalLM`` reads back."""
+        out = {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "intermediate_size": self.intermediate_size,
+            "hidden_act": "silu",
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_embeddings,
+            "max_position_embeddings": self.max_seq_len,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": (
+                list(self.eos_token_id)
+                if isinstance(self.eos_token_id, tuple)
+                else self.eos_token_id
+            ),
+            "initializer_range": self.initializer_range,
+            "attention_bias": False,
+            "mlp_bias": False,
+            "torch_dtype": jnp.dtype(self.param_dtype).name,
+        }
+        if self.rope_scaling is not None:
+            out["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
+        return out
+
+
+# Exact Hugging Face shapes, enough for parameter tables via jax.eval_shape.
+CONFIGS: dict[str, LlamaConfig] = {
+    "smollm2-135m": LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        intermediate_size=1536,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_embeddings=True,
+        max_seq_len=8192,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "llama-7b": LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=32,
+        intermediate_size=11008,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        max_seq_len=2048,
+    ),
+    "llama-2-7b": LlamaConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=32,
+        intermediate_size=11008,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_seq_len=4096,
+    ),
+    "llama-3-8b": LlamaConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        intermediate_size=14336,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        max_seq_len=8192,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+class RMSNorm(nn.Module):
+    """Hugging Face LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+
+    eps: float = 1e-5
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        scale_D = self.param("scale", nn.initializers.ones, (x_BxLxD.shape[-1],), self.param_dtype)
+        x32 = x_BxLxD.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return scale_D.astype(self.dtype) * x32.astype(self.dtype)
+
+
+def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
+    """Rotary inverse frequencies (K/2,), with LLaMA-3 scaling when configured."""
+    k = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, k, 2, dtype=np.float64) / k))
+    rs = config.rope_scaling
+    if rs is not None:
+        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq)
+        smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+            rs.high_freq_factor - rs.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv_freq = np.where(medium, smoothed, scaled)
+    return inv_freq.astype(np.float32)
+
+
+def rope_sin_cos(positions_BxL, inv_freq_K2):
+    """sin/cos tables (B, L, 1, K) in the rotate-half layout (halves repeated)."""
+    angles_BxLxK2 = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_K2
+    angles_BxLxK = jnp.concatenate([angles_BxLxK2, angles_BxLxK2], axis=-1)
+    return jnp.sin(angles_BxLxK)[:, :, None, :], jnp.cos(angles_BxLxK)[:, :, None, :]
+
+
+def apply_rope(x_BxLxHxK, sin_BxLx1xK, cos_BxLx1xK):
+    """Hugging Face rotate-half RoPE: pairs dimension i with i + K/2."""
+    half = x_BxLxHxK.shape[-1] // 2
+    x32 = x_BxLxHxK.astype(jnp.float32)
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos_BxLx1xK + rotated * sin_BxLx1xK).astype(x_BxLxHxK.dtype)
+
+
+def _dense(config: LlamaConfig, features: int, name: str | None = None) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=False,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nn.initializers.normal(config.initializer_range),
+        name=name,
+    )
+
+
+class LlamaAttention(nn.Module):
+    """Grouped-query attention writing into (and reading from) an optional KV cache."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, kv_cache, end):
+        c = self.config
+        B, L, _ = x_BxLxD.shape
+        H, G, K = c.num_heads, c.num_kv_heads, c.head_dim
+        q_BxLxHxK = _dense(c, H * K, "q_proj")(x_BxLxD).reshape(B, L, H, K)
+        k_BxLxGxK = _dense(c, G * K, "k_proj")(x_BxLxD).reshape(B, L, G, K)
+        v_BxLxGxK = _dense(c, G * K, "v_proj")(x_BxLxD).reshape(B, L, G, K)
+        q_BxLxHxK = apply_rope(q_BxLxHxK, sin_BxLx1xK, cos_BxLx1xK)
+        k_BxLxGxK = apply_rope(k_BxLxGxK, sin_BxLx1xK, cos_BxLx1xK)
+
+        if kv_cache is None:
+            new_cache = None
+            k_BxSxGxK, v_BxSxGxK = k_BxLxGxK, v_BxLxGxK
+        else:
+            k_cache, v_cache = kv_cache
+            k_BxSxGxK = jax.lax.dynamic_update_slice(
+                k_cache, k_BxLxGxK.astype(k_cache.dtype), (0, end, 0, 0)
+            )
+            v_BxSxGxK = jax.lax.dynamic_update_slice(
+                v_cache, v_BxLxGxK.astype(v_cache.dtype), (0, end, 0, 0)
+            )
+            new_cache = (k_BxSxGxK, v_BxSxGxK)
+
+        # Query head h = g * R + r shares KV head g (Hugging Face repeat_kv order).
+        R = H // G
+        q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, R, K)
+        scores_BxGxRxLxS = jnp.einsum(
+            "blgrk,bsgk->bgrls", q_BxLxGxRxK, k_BxSxGxK.astype(c.dtype)
+        ).astype(jnp.float32) / math.sqrt(K)
+        scores_BxGxRxLxS = jnp.where(mask_BxLxS[:, None, None, :, :], scores_BxGxRxLxS, _MASK_VALUE)
+        probs_BxGxRxLxS = jax.nn.softmax(scores_BxGxRxLxS, axis=-1).astype(c.dtype)
+        out_BxLxGxRxK = jnp.einsum("bgrls,bsgk->blgrk", probs_BxGxRxLxS, v_BxSxGxK.astype(c.dtype))
+        out_BxLxD = _dense(c, c.hidden_size, "o_proj")(out_BxLxGxRxK.reshape(B, L, H * K))
+        return out_BxLxD, new_cache
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD):
+        c = self.config
+        gate_BxLxF = _dense(c, c.intermediate_size, "gate_proj")(x_BxLxD)
+        up_BxLxF = _dense(c, c.intermediate_size, "up_proj")(x_BxLxD)
+        return _dense(c, c.hidden_size, "down_proj")(nn.silu(gate_BxLxF) * up_BxLxF)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block; signature ``(carry, *xs) -> (carry, ys)`` so nn.scan can stack it."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_BxLxD, kv_cache, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, end):
+        c = self.config
+        norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)
+        h_BxLxD = norm("input_layernorm")(x_BxLxD)
+        attn_BxLxD, new_cache = LlamaAttention(c, name="self_attn")(
+            h_BxLxD, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, kv_cache, end
+        )
+        x_BxLxD = x_BxLxD + attn_BxLxD
+        h_BxLxD = norm("post_attention_layernorm")(x_BxLxD)
+        x_BxLxD = x_BxLxD + LlamaMLP(c, name="mlp")(h_BxLxD)
+        return x_BxLxD, new_cache
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def init_cache(config: LlamaConfig, batch_size: int, max_len: int, dtype=None) -> dict:
+    """An empty KV cache of ``max_len`` slots per sequence.
+
+    ``k``/``v`` are stacked ``(N, B, S, G, K)`` arrays for scanned layers and
+    tuples of ``(B, S, G, K)`` arrays otherwise (so unscanned layers update their
+    own buffer in place). ``mask`` marks the slots holding real tokens (left
+    padding stays masked forever) and ``end`` is the next slot to write, shared
+    by all rows. Writing past ``max_len`` is not checked under jit: size it for
+    prompt plus new tokens.
+    """
+    dtype = config.dtype if dtype is None else _as_dtype(dtype)
+    shape = (batch_size, max_len, config.num_kv_heads, config.head_dim)
+    if config.scan_layers:
+        k = jnp.zeros((config.num_layers, *shape), dtype)
+        v = jnp.zeros((config.num_layers, *shape), dtype)
+    else:
+        k = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+        v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))
+    return {
+        "k": k,
+        "v": v,
+        "mask": jnp.zeros((batch_size, max_len), jnp.bool_),
+        "end": jnp.zeros((), jnp.int32),
+    }
+
+
+def default_positions(attention_mask_BxL, cache=None):
+    """Positions that skip padding: real tokens count 0, 1, ... per row (pads get 0)."""
+    mask_BxL = attention_mask_BxL.astype(jnp.int32)
+    start_B = 0 if cache is None else jnp.sum(cache["mask"], axis=-1, dtype=jnp.int32)
+    positions_BxL = jnp.cumsum(mask_BxL, axis=-1) - 1
+    positions_BxL = positions_BxL + (start_B if cache is None else start_B[:, None])
+    return jnp.where(mask_BxL > 0, positions_BxL, 0)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class LlamaForCausalLM(nn.Module):
+    """Decoder-only LM. ``__call__`` returns ``(logits_BxLxV float32, new_cache)``.
+
+    Without a cache the call is a plain causal forward over ``input_ids``; with
+    one (from ``init_cache``) the new tokens are written at ``cache['end']`` and
+    attend to every valid earlier slot. LLaMA has no dropout, so ``deterministic``
+    is accepted only for a uniform model API.
+    """
+
+    config: LlamaConfig
+
+    def setup(self):
+        c = self.config
+        self.embed_tokens = nn.Embed(
+            c.vocab_size,
+            c.hidden_size,
+            dtype=c.dtype,
+            param_dtype=c.param_dtype,
+            embedding_init=nn.initializers.normal(c.initializer_range),
+        )
+        block = LlamaDecoderLayer
+        policy = REMAT_POLICIES[c.remat]
+        if c.remat != "none":
+            block = nn.remat(block, policy=policy, prevent_cse=not c.scan_layers)
+        if c.scan_layers:
+            block = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=c.num_layers,
+            )
+            self.layers = block(c)
+        else:
+            # setup names list entries layers_0, layers_1, ...
+            self.layers = [block(c) for _ in range(c.num_layers)]
+        self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
+        if not c.tie_embeddings:
+            self.lm_head = _dense(c, c.vocab_size)
+
+    def __call__(
+        self,
+        input_ids_BxL,
+        attention_mask_BxL=None,
+        positions_BxL=None,
+        cache=None,
+        deterministic: bool = True,
+    ):
+        del deterministic  # no dropout in LLaMA
+        c = self.config
+        B, L = input_ids_BxL.shape
+        if attention_mask_BxL is None:
+            attention_mask_BxL = jnp.ones((B, L), jnp.bool_)
+        valid_BxL = attention_mask_BxL.astype(jnp.bool_)
+        if positions_BxL is None:
+            positions_BxL = default_positions(valid_BxL, cache)
+
+        if cache is None:
+            end = jnp.zeros((), jnp.int32)
+            key_valid_BxS = valid_BxL
+            causal_LxS = jnp.tril(jnp.ones((L, L), jnp.bool_))
+            new_mask = None
+        else:
+            end = cache["end"]
+            key_valid_BxS = jax.lax.dynamic_update_slice(cache["mask"], valid_BxL, (0, end))
+            S = key_valid_BxS.shape[1]
+            causal_LxS = jnp.arange(S)[None, :] <= end + jnp.arange(L)[:, None]
+            new_mask = key_valid_BxS
+        mask_BxLxS = key_valid_BxS[:, None, :] & causal_LxS[None, :, :]
+
+        sin_BxLx1xK, cos_BxLx1xK = rope_sin_cos(positions_BxL, jnp.asarray(rope_inv_freq(c)))
+        x_BxLxD = self.embed_tokens(input_ids_BxL)
+
+        if c.scan_layers:
+            kv = None if cache is None else (cache["k"], cache["v"])
+            x_BxLxD, kv = self.layers(x_BxLxD, kv, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, end)
+            new_k, new_v = (None, None) if kv is None else kv
+        else:
+            new_k, new_v = [], []
+            for i, layer in enumerate(self.layers):
+                kv = None if cache is None else (cache["k"][i], cache["v"][i])
+                x_BxLxD, kv = layer(x_BxLxD, kv, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, end)
+                if kv is not None:
+                    new_k.append(kv[0])
+                    new_v.append(kv[1])
+            new_k, new_v = tuple(new_k), tuple(new_v)
+
+        x_BxLxD = self.norm(x_BxLxD)
+        if c.tie_embeddings:
+            logits_BxLxV = self.embed_tokens.attend(x_BxLxD)
+        else:
+            logits_BxLxV = self.lm_head(x_BxLxD)
+        logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+
+        if cache is None:
+            return logits_BxLxV, None
+        new_cache = {"k": new_k, "v": new_v, "mask": new_mask, "end": end + L}
+        return logits_BxLxV, new_cache
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=None) -> dict:
+        return init_cache(self.config, batch_size, max_len, dtype)
+
+
+def abstract_params(config: LlamaConfig):
+    """Shapes/dtypes of the ``params`` collection, computed without allocating weights."""
+    ids_1x1 = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(LlamaForCausalLM(config).init, jax.random.key(0), ids_1x1)["params"]
+
+
+# ----------------------------------------------------------------------------- HF names
+
+_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
+_LAYER_NAMES = {
+    "self_attn.q_proj": ("self_attn", "q_proj", "kernel"),
+    "self_attn.k_proj": ("self_attn", "k_proj", "kernel"),
+    "self_attn.v_proj": ("self_attn", "v_proj", "kernel"),
+    "self_attn.o_proj": ("self_attn", "o_proj", "kernel"),
+    "mlp.gate_proj": ("mlp", "gate_proj", "kernel"),
+    "mlp.up_proj": ("mlp", "up_proj", "kernel"),
+    "mlp.down_proj": ("mlp", "down_proj", "kernel"),
+    "input_layernorm": ("input_layernorm", "scale"),
+    "post_attention_layernorm": ("post_attention_layernorm", "scale"),
+}
+_TOP_NAMES = {
+    "model.embed_tokens.weight": ("embed_tokens", "embedding"),
+    "model.norm.weight": ("norm", "scale"),
+    "lm_head.weight": ("lm_head", "kernel"),
+}
+
+
+def _transpose(w: np.ndarray) -> np.ndarray:
+    return np.asarray(w).T
+
+
+def hf_rename(config: LlamaConfig):
+    """HF safetensors name -> (morejax path, layer index, transform), for weights.load_params.
+
+    torch stores Linear weights ``[out, in]``; Flax kernels are ``(in, out)``.
+    Rotary ``inv_freq`` buffers and a tied ``lm_head.weight`` are ignored.
+    """
+
+    def rename(name: str):
+        if name.endswith("rotary_emb.inv_freq"):
+            return None
+        m = _LAYER_RE.fullmatch(name)
+        if m is not None:
+            i, sub = int(m.group(1)), m.group(2)
+            if sub not in _LAYER_NAMES:
+                raise KeyError(name)
+            rest = _LAYER_NAMES[sub]
+            transform = _transpose if rest[-1] == "kernel" else None
+            if config.scan_layers:
+                return ("layers", *rest), i, transform
+            return (f"layers_{i}", *rest), None, transform
+        if name == "lm_head.weight" and config.tie_embeddings:
+            return None
+        if name in _TOP_NAMES:
+            path = _TOP_NAMES[name]
+            return path, None, _transpose if path[-1] == "kernel" else None
+        raise KeyError(name)
+
+    return rename
+
+
+def hf_inverse_rename(config: LlamaConfig):
+    """morejax path -> [(HF name, layer index, transform)], for weights.save_safetensors."""
+    top = {v: k for k, v in _TOP_NAMES.items()}
+    layer = {v: k for k, v in _LAYER_NAMES.items()}
+
+    def inverse(path: tuple[str, ...]) -> Iterable[tuple[str, int | None, Callable | None]]:
+        path = tuple(path)
+        if path in top:
+            return [(top[path], None, _transpose if path[-1] == "kernel" else None)]
+        head, rest = path[0], path[1:]
+        if rest not in layer:
+            raise KeyError(f"no Hugging Face name for {'/'.join(path)}")
+        transform = _transpose if rest[-1] == "kernel" else None
+        sub = layer[rest]
+        if config.scan_layers and head == "layers":
+            return [
+                (f"model.layers.{i}.{sub}.weight", i, transform) for i in range(config.num_layers)
+            ]
+        m = re.fullmatch(r"layers_(\d+)", head)
+        if m is None:
+            raise KeyError(f"no Hugging Face name for {'/'.join(path)}")
+        return [(f"model.layers.{m.group(1)}.{sub}.weight", None, transform)]
+
+    return inverse
+
+
+def load_hf_checkpoint(path, config: LlamaConfig | None = None, *, unknown="warn", **overrides):
+    """(config, params) from a Hugging Face LLaMA checkpoint dir (or file plus ``config``).
+
+    ``overrides`` replace config fields (e.g. ``scan_layers=True``, ``dtype=...``);
+    params are stored in ``config.param_dtype`` whatever the checkpoint holds.
+    """
+    from morejax import weights
+
+    path = Path(path)
+    if config is None:
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{config_file} not found; pass config= explicitly")
+        config = LlamaConfig.from_hf_config(json.loads(config_file.read_text()))
+    if overrides:
+        config = config.replace(**overrides)
+    params = weights.load_params(
+        abstract_params(config),
+        weights.safetensors_tensors(path),
+        hf_rename(config),
+        unknown=unknown,
+    )
+    return config, params
+
+
+def save_hf_checkpoint(params, config: LlamaConfig, path, *, max_shard_bytes=None):
+    """Writes ``config.json`` plus safetensors in Hugging Face layout (sharded if asked)."""
+    from morejax import weights
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2))
+    return weights.save_safetensors(
+        params, path, hf_inverse_rename(config), max_shard_bytes=max_shard_bytes
+    )

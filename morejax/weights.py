@@ -1,0 +1,371 @@
+"""Hugging Face safetensors I/O shared by every model family.
+
+Reading is streamed (one tensor at a time) and loading fills preallocated leaves in
+place, so a checkpoint never exists twice in memory. The model-specific part is a
+``rename`` function (HF name -> morejax path) that each model family provides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+
+__all__ = [
+    "Rename",
+    "InverseRename",
+    "safetensors_files",
+    "safetensors_tensors",
+    "load_params",
+    "save_safetensors",
+    "flatten_tree",
+    "unflatten_tree",
+]
+
+# rename(hf_name) -> None (ignore the tensor) or (path, layer_index, transform).
+# A rename raises KeyError for a name it does not know; load_params reports those.
+Rename = Callable[[str], "tuple[tuple[str, ...], int | None, Callable | None] | None"]
+# inverse_rename(path) -> list of (hf_name, layer_index, transform) pieces of that leaf.
+InverseRename = Callable[[tuple[str, ...]], "Iterable[tuple[str, int | None, Callable | None]]"]
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+# safetensors dtype tags; ml_dtypes covers what numpy lacks (bf16, fp8).
+_DTYPES = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U64": np.dtype(np.uint64),
+    "U32": np.dtype(np.uint32),
+    "U16": np.dtype(np.uint16),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_TAGS = {v: k for k, v in _DTYPES.items()}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def safetensors_files(path: str | os.PathLike) -> list[Path]:
+    """The shard files behind a checkpoint path, in index order."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise FileNotFoundError(f"no safetensors checkpoint at {p}")
+    if (p / SINGLE_NAME).is_file():
+        return [p / SINGLE_NAME]
+    index = p / INDEX_NAME
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = list(dict.fromkeys(weight_map.values()))  # unique, first-seen order
+        missing = [f for f in files if not (p / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} names shards that are missing: {missing}")
+        return [p / f for f in files]
+    found = sorted(p.glob("*.safetensors"))
+    if len(found) == 1:
+        return found
+    raise FileNotFoundError(
+        f"{p} has neither {SINGLE_NAME} nor {INDEX_NAME}"
+        + (f" (and {len(found)} other .safetensors files, which is ambiguous)" if found else "")
+    )
+
+
+def _read_header(path: Path) -> tuple[dict, int]:
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return header, 8 + n
+
+
+def _raw_tensor(path: Path, info: dict, data_start: int) -> np.ndarray:
+    """Reads a tensor straight from the file for dtypes numpy's safetensors path rejects."""
+    dtype = _DTYPES[info["dtype"]]
+    begin, end = info["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(data_start + begin)
+        buf = f.read(end - begin)
+    return np.frombuffer(buf, dtype=dtype).reshape(info["shape"]).copy()
+
+
+def safetensors_tensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+    """Yields (name, array) one tensor at a time from a file, a dir, or a sharded dir."""
+    from safetensors import safe_open
+
+    for file in safetensors_files(path):
+        header = None
+        with safe_open(str(file), framework="numpy") as f:
+            for name in f.keys():
+                tag = f.get_slice(name).get_dtype()
+                if tag in ("BF16", "F8_E4M3", "F8_E5M2"):
+                    if header is None:
+                        header = _read_header(file)
+                    yield name, _raw_tensor(file, header[0][name], header[1])
+                else:
+                    yield name, f.get_tensor(name)
+
+
+# --------------------------------------------------------------------------- trees
+
+
+def flatten_tree(tree: Mapping) -> dict[tuple[str, ...], Any]:
+    """Nested mapping -> {path tuple: leaf}; paths are plain string tuples."""
+    out: dict[tuple[str, ...], Any] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                walk(v, prefix + (str(k),))
+        else:
+            out[prefix] = node
+
+    walk(tree, ())
+    return out
+
+
+def unflatten_tree(flat: Mapping[tuple[str, ...], Any]) -> dict:
+    out: dict = {}
+    for path, leaf in flat.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = leaf
+    return out
+
+
+def _path(p: tuple[str, ...]) -> str:
+    return "/".join(p)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_params(
+    abstract_params: Mapping,
+    named_tensors: Iterable[tuple[str, np.ndarray]],
+    rename: Rename,
+    *,
+    dtype=None,
+    unknown: str = "warn",
+) -> dict:
+    """Fills a params tree shaped like ``abstract_params`` from checkpoint tensors.
+
+    Each leaf is allocated once in its final dtype (``dtype`` for floating leaves
+    when given, else the abstract leaf's) and filled in place; leaves become jax
+    arrays one by one. Errors: the first tensor whose shape does not fit, a
+    tensor mapped to a path the model lacks, a leaf (or layer slice) filled twice,
+    and leaves left unfilled. Names the rename does not know (it raises
+    ``KeyError``) are collected and warned about (``unknown='warn'``), raised
+    (``'error'``) or dropped silently (``'ignore'``).
+    """
+    if unknown not in ("warn", "error", "ignore"):
+        raise ValueError(f"unknown must be 'warn', 'error' or 'ignore', got {unknown!r}")
+    targets = flatten_tree(abstract_params)
+    buffers: dict[tuple[str, ...], np.ndarray] = {}
+    filled: dict[tuple[str, ...], set | bool] = {}
+    unknown_names: list[str] = []
+
+    def buffer(path):
+        if path not in buffers:
+            leaf = targets[path]
+            dt = np.dtype(leaf.dtype)
+            if dtype is not None and np.issubdtype(dt, np.inexact):
+                dt = np.dtype(dtype)
+            buffers[path] = np.empty(leaf.shape, dtype=dt)
+        return buffers[path]
+
+    for name, tensor in named_tensors:
+        try:
+            target = rename(name)
+        except KeyError:
+            unknown_names.append(name)
+            continue
+        if target is None:
+            continue
+        path, layer, transform = target
+        path = tuple(path)
+        if path not in targets:
+            raise ValueError(
+                f"checkpoint tensor {name!r} maps to {_path(path)}, which this model does not "
+                f"have: is this checkpoint for another model (e.g. more layers)?"
+            )
+        leaf_shape = tuple(targets[path].shape)
+        value = np.asarray(transform(tensor) if transform is not None else tensor)
+        where = _path(path)
+        if layer is None:
+            expected = leaf_shape
+        else:
+            if not leaf_shape or not 0 <= layer < leaf_shape[0]:
+                raise ValueError(
+                    f"checkpoint tensor {name!r} is layer {layer} but morejax's stacked leaf "
+                    f"{where} has shape {leaf_shape}: is this checkpoint for another model?"
+                )
+            expected = leaf_shape[1:]
+            where = f"{where}[{layer}]"
+        if value.shape != expected:
+            shown = tuple(np.shape(tensor))
+            after = f" ({value.shape} after its transform)" if value.shape != shown else ""
+            raise ValueError(
+                f"checkpoint tensor {name!r} has shape {shown}{after} but morejax expects "
+                f"{expected} at {where}: is this checkpoint for another model?"
+            )
+        buf = buffer(path)
+        if layer is None:
+            if filled.get(path):
+                raise ValueError(f"checkpoint tensor {name!r} fills {where} a second time")
+            buf[...] = value
+            filled[path] = True
+        else:
+            done = filled.setdefault(path, set())
+            if done is True or layer in done:
+                raise ValueError(f"checkpoint tensor {name!r} fills {where} a second time")
+            buf[layer] = value
+            done.add(layer)
+        del value, tensor
+
+    if unknown_names:
+        msg = (
+            f"{len(unknown_names)} checkpoint tensor(s) not known to the name mapping: "
+            f"{unknown_names[:20]}" + (" ..." if len(unknown_names) > 20 else "")
+        )
+        if unknown == "error":
+            raise ValueError(msg)
+        if unknown == "warn":
+            warnings.warn(msg, stacklevel=2)
+
+    missing = []
+    for path, leaf in targets.items():
+        done = filled.get(path)
+        if done is True:
+            continue
+        if isinstance(done, set) and len(done) == leaf.shape[0]:
+            continue
+        if isinstance(done, set):
+            gaps = sorted(set(range(leaf.shape[0])) - done)
+            missing.append(f"{_path(path)} (layers {gaps})")
+        else:
+            missing.append(_path(path))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} parameter(s) not found in the checkpoint: " + ", ".join(missing)
+        )
+
+    out = {}
+    for path in targets:  # hand over leaf by leaf so peak memory stays ~one model
+        out[path] = jax.device_put(buffers.pop(path))
+    return unflatten_tree(out)
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _tensor_pieces(params: Mapping, inverse_rename: InverseRename):
+    """(hf_name, getter) pairs; getters materialise one numpy tensor on demand."""
+    pieces = []
+    for path, leaf in flatten_tree(params).items():
+        for hf_name, layer, transform in inverse_rename(path):
+
+            def get(leaf=leaf, layer=layer, transform=transform):
+                a = np.asarray(leaf if layer is None else leaf[layer])
+                return np.ascontiguousarray(transform(a) if transform is not None else a)
+
+            shape = tuple(leaf.shape) if layer is None else tuple(leaf.shape[1:])
+            pieces.append((hf_name, get, shape, np.dtype(leaf.dtype)))
+    return pieces
+
+
+def _write_file(path: Path, items, metadata: dict | None) -> None:
+    """Writes one safetensors file, materialising one tensor at a time."""
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    offset = 0
+    arrays = []
+    for name, get in items:
+        a = get()
+        if a.dtype not in _TAGS:
+            raise ValueError(f"dtype {a.dtype} of {name!r} cannot be stored in safetensors")
+        header[name] = {
+            "dtype": _TAGS[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + a.nbytes],
+        }
+        offset += a.nbytes
+        arrays.append((name, get, a.nbytes))
+        del a
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for _, get, _ in arrays:
+            f.write(get().tobytes())
+
+
+def save_safetensors(
+    params: Mapping,
+    path: str | os.PathLike,
+    inverse_rename: InverseRename,
+    *,
+    max_shard_bytes: int | None = None,
+    metadata: dict | None = None,
+) -> list[Path]:
+    """Writes params in Hugging Face layout; returns the files written.
+
+    ``path`` ending in ``.safetensors`` is one file. Otherwise it is a directory
+    that gets ``model.safetensors``, or, when ``max_shard_bytes`` is set and the
+    tensors exceed it, ``model-0000i-of-0000n.safetensors`` shards plus
+    ``model.safetensors.index.json`` as ``transformers`` writes them.
+    """
+    pieces = _tensor_pieces(params, inverse_rename)
+    names = [p[0] for p in pieces]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"inverse_rename produced duplicate names: {dup}")
+    p = Path(path)
+    if p.suffix == ".safetensors":
+        if max_shard_bytes is not None:
+            raise ValueError("max_shard_bytes needs a directory path, not a .safetensors file")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _write_file(p, [(n, g) for n, g, _, _ in pieces], metadata)
+        return [p]
+    p.mkdir(parents=True, exist_ok=True)
+    shards: list[list] = [[]]
+    size = 0
+    total = 0
+    for name, get, shape, dt in pieces:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        total += nbytes
+        if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((name, get))
+        size += nbytes
+    if len(shards) == 1:
+        _write_file(p / SINGLE_NAME, shards[0], metadata)
+        return [p / SINGLE_NAME]
+    files, weight_map = [], {}
+    for i, items in enumerate(shards):
+        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        _write_file(p / fname, items, metadata)
+        files.append(p / fname)
+        weight_map.update({n: fname for n, _ in items})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (p / INDEX_NAME).write_text(json.dumps(index, indent=2))
+    return files

@@ -1,0 +1,367 @@
+"""GLUE through TFDS: schema (mock data), offline preparation, errors."""
+
+import csv
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from morejax.data import glue
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+N = 20  # rows per split copied from the real TSVs
+SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
+RTE_LABELS = {"entailment": 0, "not_entailment": 1}
+
+
+def _rows(path: Path, headerless: bool = False) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as f:
+        if headerless:
+            rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            return [{"sentence": r[3], "label": r[1]} for r in rows]
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def _copy_head(src: Path, dst: Path, n: int, header: bool = True) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, encoding="utf-8", newline="") as f:
+        lines = [line for _, line in zip(range(n + header), f)]
+    dst.write_text("".join(lines), encoding="utf-8", newline="")
+
+
+def _slice(shared_data: Path, root: Path, folder: str, n: int = N) -> Path:
+    """The first n rows of each split of a real task, in the official layout."""
+    for fname in SPLIT_FILES.values():
+        headerless = folder == "CoLA" and fname != "test.tsv"
+        _copy_head(shared_data / "glue" / folder / fname, root / folder / fname, n, not headerless)
+    return root / folder
+
+
+def _write_tsv(path: Path, header: list[str] | None, rows: list[list[str]], bom: bool = False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = (["\t".join(header)] if header else []) + ["\t".join(r) for r in rows]
+    path.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_task_table_matches_the_tfds_builder(tmp_path):
+    """Text keys, label names, split names and file names agree with TFDS's GLUE."""
+    configs = {c.name: c for c in glue._tfds()[1].Glue.BUILDER_CONFIGS}
+    mrpc = {"train": "a", "test": "b", "dev_ids": "c"}
+    assert list(glue.TASKS) == [
+        "cola",
+        "sst2",
+        "mrpc",
+        "qqp",
+        "stsb",
+        "mnli",
+        "qnli",
+        "rte",
+        "wnli",
+    ]
+    for name, s in glue.TASKS.items():
+        cfg = configs[name]
+        assert s.tfds_name == f"glue/{name}" and s.folder == cfg.data_dir
+        assert s.text_keys == tuple(cfg.text_features)
+        assert s.label_names == (tuple(cfg.label_classes) if cfg.label_classes else None)
+        assert s.num_labels == (len(cfg.label_classes) if cfg.label_classes else 1)
+        builder = glue._local_builder_cls()(
+            local_downloads=glue._LocalDownloads("/root-of-glue", mrpc),
+            config=name,
+            data_dir=os.fspath(tmp_path),
+        )
+        gens = builder._split_generators(None)  # only our stand-in download manager is used
+        assert tuple(g.name for g in gens) == s.splits
+        for g in gens:
+            if name == "mrpc":
+                assert g.gen_kwargs["mrpc_files"] == mrpc
+            else:
+                want = f"/root-of-glue/{s.folder}/{s.files[g.name]}"
+                assert g.gen_kwargs["data_file"] == want
+    assert not any(tmp_path.iterdir())  # building the split list wrote nothing
+
+
+def test_recipes_and_metrics():
+    cola, mnli = glue.spec("CoLA").recipe, glue.spec("mnli").recipe
+    assert (cola.lr, cola.batch_size, cola.epochs, cola.schedule) == (2.1e-4, 16, 20, "cosine")
+    assert (mnli.lr, mnli.batch_size, mnli.epochs, mnli.schedule) == (2e-4, 32, 10, "linear")
+    assert glue.spec("sst2").recipe.lr == 5.4e-4 and glue.spec("qqp").recipe.lr == 6.2e-4
+    assert cola.max_length == 128 and cola.weight_decay == 0.001 and cola.warmup_ratio == 0.06
+    assert glue.spec("wnli").recipe is None  # the paper gives no WNLI recipe
+    assert glue.spec("cola").metrics == ("mcc",) and glue.spec("STS-B").is_regression
+    assert glue.spec("mrpc").main_metric == "mean(f1,accuracy)"
+    assert glue.spec("mnli").validation_splits == ("validation_matched", "validation_mismatched")
+
+
+# --------------------------------------------------------------------------- mock data
+
+
+@pytest.mark.parametrize("task", list(glue.TASKS))
+def test_normaliser_on_mock_data(task):
+    s = glue.spec(task)
+    with tfds.testing.mock_data(num_examples=3):
+        for split in s.splits:
+            source = tfds.data_source(s.tfds_name, split=split)
+            record = source[0]
+            assert set(record) == {*s.text_keys, "label", "idx"}
+            examples = glue.Examples(source, task)
+            assert len(examples) == 3
+            for ex in examples[0:3]:  # (the mock source has no working __getitems__)
+                assert set(ex) == {"text_a", "text_b", "label", "idx"}
+                assert isinstance(ex["text_a"], str) and isinstance(ex["idx"], int)
+                if len(s.text_keys) == 1:
+                    assert ex["text_b"] is None
+                else:
+                    assert isinstance(ex["text_b"], str)
+                if s.is_regression:
+                    assert type(ex["label"]) is float
+                else:
+                    assert type(ex["label"]) is int and 0 <= ex["label"] < s.num_labels
+            assert examples[0]["text_a"] == record[s.text_keys[0]]
+
+
+def test_to_example_decodes_bytes_and_keeps_test_labels():
+    rec = {"premise": b"caf\xc3\xa9", "hypothesis": b"b", "label": -1, "idx": 7}
+    assert glue.to_example("mnli", rec) == {"text_a": "café", "text_b": "b", "label": -1, "idx": 7}
+    sts = glue.to_example("stsb", {"sentence1": b"a", "sentence2": b"b", "label": -1.0, "idx": 0})
+    assert sts["label"] == -1.0 and type(sts["label"]) is float
+    with pytest.raises(KeyError, match=r"lacks \['premise', 'hypothesis'\]"):
+        glue.to_example("mnli", {"sentence": b"x", "label": 0, "idx": 0})
+
+
+# --------------------------------------------------------------------------- real slices
+
+
+SLICED = [
+    ("sst2", "SST-2", lambda v: int(v)),
+    ("cola", "CoLA", lambda v: int(v)),
+    ("rte", "RTE", lambda v: RTE_LABELS[v]),
+]
+
+
+def test_slices_prepare_with_canonical_fields(shared_data, tmp_path):
+    """CoLA (headerless), SST-2 and RTE slices: counts, texts, label mapping, test -1."""
+    root, data_dir = tmp_path / "glue", tmp_path / "tfds"
+    for task, folder, label_of in SLICED:
+        _slice(shared_data, root, folder)
+        glue.prepare(task, data_dir=data_dir, local_dir=root)  # the GLUE-root form
+        s = glue.spec(task)
+        text_col = "sentence1" if task == "rte" else "sentence"
+        for split, fname in SPLIT_FILES.items():
+            rows = _rows(root / folder / fname, headerless=task == "cola" and split != "test")
+            assert len(rows) == N
+            source = tfds.data_source(s.tfds_name, split=split, data_dir=data_dir, download=False)
+            assert len(source) == N
+            examples = glue.load(task, split, data_dir=data_dir, normalize=True)
+            got = {ex["idx"]: ex for ex in examples.__getitems__(list(range(len(examples))))}
+            assert sorted(got) == list(range(N))
+            for i, row in enumerate(rows):
+                ex = got[i]
+                assert ex["text_a"] == row[text_col]
+                assert ex["text_b"] == (row["sentence2"] if task == "rte" else None)
+                assert ex["label"] == (-1 if split == "test" else label_of(row["label"]))
+            if split == "train":  # both classes occur, so the mapping is really exercised
+                assert {ex["label"] for ex in got.values()} == {0, 1}
+
+    # Prepared data is reused: no rewrite, no validation of the local folder.
+    info = glue.prepare("rte", data_dir=data_dir) / "dataset_info.json"
+    before = info.stat().st_mtime_ns
+    shutil.rmtree(root / "RTE")
+    t0 = time.perf_counter()
+    glue.prepare("rte", data_dir=data_dir, local_dir=root)
+    assert time.perf_counter() - t0 < 5
+    assert info.stat().st_mtime_ns == before
+    assert glue.is_prepared("rte", data_dir=data_dir)
+    assert not glue.is_prepared("qnli", data_dir=data_dir)
+
+
+def test_folder_with_another_name(shared_data, tmp_path):
+    task_dir = _slice(shared_data, tmp_path / "src", "SST-2", n=5).rename(tmp_path / "my-sst")
+    path = glue.prepare("sst2", data_dir=tmp_path / "tfds", local_dir=task_dir)
+    assert path == tmp_path / "tfds" / "glue" / "sst2" / "2.0.0"
+    assert [len(glue.load("sst2", sp, data_dir=tmp_path / "tfds")) for sp in SPLIT_FILES] == [5] * 3
+
+
+@pytest.mark.slow
+def test_full_sst2_canonical_counts(shared_data, tmp_path):
+    t0 = time.perf_counter()
+    glue.prepare("sst2", data_dir=tmp_path, local_dir=shared_data / "glue" / "SST-2")
+    print(f"full SST-2 prepared in {time.perf_counter() - t0:.1f} s")
+    sizes = [len(glue.load("sst2", sp, data_dir=tmp_path)) for sp in SPLIT_FILES]
+    assert sizes == [67_349, 872, 1_821]
+
+
+# --------------------------------------------------------------------------- synthetic layouts
+
+
+def test_mrpc_from_microsoft_files(tmp_path):
+    d = tmp_path / "MRPC"
+    cols = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+    train = [["1", "1", "2", "a b", "a c"], ["0", "3", "4", "d", "e"], ["1", "5", "6", "f", "g"]]
+    _write_tsv(d / "msr_paraphrase_train.txt", cols, train, bom=True)
+    _write_tsv(d / "msr_paraphrase_test.txt", cols, [["1", "7", "8", "h", "i"]] * 2, bom=True)
+    _write_tsv(d / "dev_ids.tsv", None, [["3", "4"]])
+    glue.prepare("mrpc", data_dir=tmp_path / "tfds", local_dir=tmp_path)
+    load = lambda sp: glue.load("mrpc", sp, data_dir=tmp_path / "tfds", normalize=True)
+    assert [len(load(sp)) for sp in ("train", "validation", "test")] == [2, 1, 2]
+    assert load("validation")[0] == {"text_a": "d", "text_b": "e", "label": 0, "idx": 1}
+    test = load("test")
+    assert {ex["label"] for ex in test} == {-1}
+    assert test[-1] == test[1] and [ex["idx"] for ex in test[::-1]] == [
+        test[1]["idx"],
+        test[0]["idx"],
+    ]
+    with pytest.raises(IndexError):
+        test[2]
+
+
+def test_mnli_and_stsb_synthetic(tmp_path):
+    d = tmp_path / "MNLI"
+    cols = ["index", "sentence1", "sentence2"]
+    for fname, lab in [("train.tsv", "neutral"), ("dev_matched.tsv", "contradiction")]:
+        _write_tsv(d / fname, [*cols, "gold_label"], [["0", "p", "h", lab]] * 2)
+    _write_tsv(d / "dev_mismatched.tsv", [*cols, "gold_label"], [["0", "p", "h", "entailment"]])
+    for fname in ("test_matched.tsv", "test_mismatched.tsv"):
+        _write_tsv(d / fname, cols, [["0", "p", "h"]] * 3)
+    glue.prepare("mnli", data_dir=tmp_path / "tfds", local_dir=d)
+    labels = {
+        sp: sorted(
+            ex["label"] for ex in glue.load("mnli", sp, data_dir=tmp_path / "tfds", normalize=True)
+        )
+        for sp in glue.spec("mnli").splits
+    }
+    assert labels == {
+        "train": [1, 1],
+        "validation_matched": [2, 2],
+        "validation_mismatched": [0],
+        "test_matched": [-1] * 3,
+        "test_mismatched": [-1] * 3,
+    }
+    d = tmp_path / "STS-B"
+    cols = ["index", "genre", "sentence1", "sentence2"]
+    for fname in ("train.tsv", "dev.tsv"):
+        _write_tsv(d / fname, [*cols, "score"], [["0", "g", "a", "b", "3.8"]])
+    _write_tsv(d / "test.tsv", cols, [["0", "g", "a", "b"]])
+    glue.prepare("stsb", data_dir=tmp_path / "tfds", local_dir=tmp_path)
+    ex = glue.load("stsb", "validation", data_dir=tmp_path / "tfds", normalize=True)[0]
+    assert ex["label"] == pytest.approx(3.8) and ex["text_b"] == "b"
+    assert glue.load("stsb", "test", data_dir=tmp_path / "tfds", normalize=True)[0]["label"] == -1.0
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_unknown_task_and_split():
+    with pytest.raises(ValueError, match="unknown GLUE task 'sst3'; valid tasks: cola, sst2, mrpc"):
+        glue.spec("sst3")
+    with pytest.raises(ValueError, match="unknown GLUE task"):
+        glue.load("imdb", "train")
+    with pytest.raises(ValueError, match="no split 'dev'; splits: train, validation, test"):
+        glue.load("rte", "dev")
+
+
+def _rte_folder(tmp_path):
+    d = tmp_path / "RTE"
+    cols = ["index", "sentence1", "sentence2"]
+    for fname in ("train.tsv", "dev.tsv"):
+        _write_tsv(d / fname, [*cols, "label"], [["0", "a", "b", "entailment"]])
+    _write_tsv(d / "test.tsv", cols, [["0", "a", "b"]])
+    return d
+
+
+@pytest.mark.parametrize(
+    "breakage,error,pattern",
+    [
+        (lambda d: (d / "dev.tsv").unlink(), FileNotFoundError, r"RTE/dev\.tsv not found"),
+        (
+            lambda d: _write_tsv(
+                d / "train.tsv",
+                ["index", "sentence1", "sentence2", "lbl"],
+                [["0", "a", "b", "entailment"]],
+            ),
+            ValueError,
+            r"RTE/train\.tsv: missing column\(s\) \['label'\]",
+        ),
+        (
+            lambda d: _write_tsv(
+                d / "test.tsv", ["index", "sentence_1", "sentence2"], [["0", "a", "b"]]
+            ),
+            ValueError,
+            r"RTE/test\.tsv: missing column\(s\) \['sentence1'\]",
+        ),
+        (
+            lambda d: _write_tsv(d / "dev.tsv", ["index", "sentence1", "sentence2", "label"], []),
+            ValueError,
+            r"split 'validation' from .*RTE/dev\.tsv has no examples",
+        ),
+        (
+            lambda d: _write_tsv(
+                d / "train.tsv",
+                ["index", "sentence1", "sentence2", "label"],
+                [["0", "a", "b", "maybe"]],
+            ),
+            ValueError,
+            r"RTE/train\.tsv, line 2: label 'maybe' is not one of \['entailment', 'not_",
+        ),
+    ],
+    ids=[
+        "missing-file",
+        "missing-label-column",
+        "misnamed-text-column",
+        "empty-split",
+        "bad-label",
+    ],
+)
+def test_local_folder_errors(tmp_path, breakage, error, pattern):
+    d = _rte_folder(tmp_path)
+    breakage(d)
+    with pytest.raises(error, match=pattern):
+        glue.prepare("rte", data_dir=tmp_path / "tfds", local_dir=d)
+    assert not glue.is_prepared("rte", data_dir=tmp_path / "tfds")
+
+
+def test_local_folder_errors_cola_and_mrpc(tmp_path):
+    _write_tsv(tmp_path / "CoLA" / "train.tsv", None, [["src", "1", "", "ok"], ["src", "1"]])
+    _write_tsv(tmp_path / "CoLA" / "dev.tsv", None, [["src", "0", "*", "bad"]])
+    _write_tsv(tmp_path / "CoLA" / "test.tsv", ["index", "sentence"], [["0", "x"]])
+    with pytest.raises(ValueError, match=r"CoLA/train\.tsv, line 2: .*4 tab-separated columns"):
+        glue.prepare("cola", data_dir=tmp_path / "tfds", local_dir=tmp_path)
+    cols = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+    _write_tsv(tmp_path / "MRPC" / "msr_paraphrase_train.txt", cols, [["1", "1", "2", "a", "b"]])
+    with pytest.raises(FileNotFoundError, match=r"msr_paraphrase_test\.txt not found"):
+        glue.prepare("mrpc", data_dir=tmp_path / "tfds", local_dir=tmp_path)
+    _write_tsv(tmp_path / "MRPC" / "msr_paraphrase_test.txt", cols, [["1", "1", "2", "a", "b"]])
+    with pytest.raises(FileNotFoundError, match=r"mrpc_dev_ids\.tsv or dev_ids\.tsv not found"):
+        glue.prepare("mrpc", data_dir=tmp_path / "tfds", local_dir=tmp_path)
+    _write_tsv(tmp_path / "MRPC" / "dev_ids.tsv", None, [["1", "2"]])
+    with pytest.raises(ValueError, match="byte-order mark"):
+        glue.prepare("mrpc", data_dir=tmp_path / "tfds", local_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="local folder .*nowhere does not exist"):
+        glue.prepare("rte", data_dir=tmp_path / "tfds", local_dir=tmp_path / "nowhere")
+
+
+def test_offline_fails_fast_with_instructions(tmp_path, monkeypatch):
+    monkeypatch.delenv("MOREJAX_GLUE_DIR", raising=False)
+    monkeypatch.setenv("MOREJAX_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as e:
+        glue.load("qqp", "train", data_dir=tmp_path)
+    assert time.perf_counter() - t0 < 5
+    msg = str(e.value)
+    assert "not prepared" in msg and "MOREJAX_OFFLINE" in msg
+    assert "QQP/train.tsv" in msg and "is_duplicate" in msg and "QQP.zip" in msg
+    monkeypatch.delenv("MOREJAX_OFFLINE")
+    with pytest.raises(FileNotFoundError, match=r"download=False(.|\n)*MNLI/dev_matched\.tsv"):
+        glue.prepare("mnli", data_dir=tmp_path, download=False)
+    assert not any(tmp_path.iterdir())  # a failed attempt leaves data_dir untouched
+
+
+def test_glue_dir_env_var(shared_data, tmp_path, monkeypatch):
+    _slice(shared_data, tmp_path / "src", "RTE", n=3)
+    monkeypatch.setenv("MOREJAX_GLUE_DIR", os.fspath(tmp_path / "src"))
+    assert len(glue.load("rte", "validation", data_dir=tmp_path / "tfds")) == 3

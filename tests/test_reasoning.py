@@ -1,0 +1,251 @@
+"""LLM-Adapters sets: loading errors, prompts, answer extraction on real records, evaluation."""
+
+import json
+import math
+
+import pytest
+
+from morejax.data import reasoning as R
+
+ALPACA = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{}\n\n### Response:\n"
+)
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{}\n\n### Input:\n{}\n\n### Response:\n"
+)
+# Record counts of the shared copy (shared/data/README.md).
+COUNTS = {
+    ("boolq", "test"): 3270,
+    ("boolq", "train"): 9427,
+    ("ARC-Easy", "test"): 2376,
+    ("ARC-Challenge", "train"): 1119,
+    ("openbookqa", "test"): 500,
+    ("piqa", "test"): 1838,
+    ("social_i_qa", "test"): 1954,
+    ("winogrande", "test"): 1267,
+    ("gsm8k", "test"): 1319,
+}
+
+
+def write(path, data):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def rec(instruction="q", output="the correct answer is true", answer="true", input=""):
+    return {"instruction": instruction, "input": input, "output": output, "answer": answer}
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def test_prompt_exact_strings():
+    assert R.format_prompt("Add 2 and 3.") == ALPACA.format("Add 2 and 3.")
+    assert R.format_prompt("Sum them.", "2, 3") == ALPACA_INPUT.format("Sum them.", "2, 3")
+    assert R.format_prompt("Braces {x} stay.") == ALPACA.format("Braces {x} stay.")
+    ind = " " * 16  # LLM-Adapters' finetune.py keeps its f-string indentation in the text
+    assert R.format_prompt("Q", style="llm-adapters") == (
+        "Below is an instruction that describes a task. Write a response that appropriately "
+        f"completes the request.  \n\n{ind}### Instruction:\n{ind}Q\n{ind}\n{ind}### Response:\n"
+        f"{ind}"
+    )
+    assert R.format_prompt("Q", style="llm-adapters-eval").endswith(
+        f"request. \n\n{ind}### Instruction:\n{ind}Q\n\n{ind}### Response:\n{ind}"
+    )
+    with pytest.raises(ValueError, match="prompt style"):
+        R.format_prompt("Q", style="chatml")
+
+
+def test_examples_carry_prompt_response_answer(tmp_path):
+    path = write(tmp_path / "boolq" / "train.json", [rec("Is it?", input="ctx")])
+    (ex,) = R.load_examples(path)
+    assert ex == {
+        "prompt": ALPACA_INPUT.format("Is it?", "ctx"),
+        "response": "the correct answer is true",
+        "answer": "true",
+        "set": "boolq",
+    }
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_root_env_and_mixtures(tmp_path, monkeypatch):
+    write(tmp_path / "ARC-Easy" / "train.json", [rec(f"e{i}") for i in range(5)])
+    write(tmp_path / "commonsense_170k.json", [rec(f"c{i}") for i in range(7)])
+    monkeypatch.setenv(R.ENV_DIR, str(tmp_path))
+    assert R.data_dir() == tmp_path
+    assert R.resolve_path("arc-easy", "train") == tmp_path / "ARC-Easy" / "train.json"
+    mix = R.training_mixture(["ARC-Easy", "commonsense_170k"])
+    assert [e["prompt"] for e in mix] == [ALPACA.format(f"e{i}") for i in range(5)] + [
+        ALPACA.format(f"c{i}") for i in range(7)
+    ]
+    assert [e["set"] for e in mix] == ["ARC-Easy"] * 5 + ["commonsense_170k"] * 7
+    a = R.training_mixture(["ARC-Easy", "commonsense_170k"], shuffle=True, seed=1)
+    b = R.training_mixture(["ARC-Easy", "commonsense_170k"], shuffle=True, seed=1)
+    c = R.training_mixture(["ARC-Easy", "commonsense_170k"], shuffle=True, seed=2)
+    assert a == b and a != c and a != mix
+    assert sorted(x["prompt"] for x in a) == sorted(x["prompt"] for x in mix)
+
+
+def test_missing_file_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match="looked for .*hellaswag/test.json"):
+        R.load_records("hellaswag", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="math_10k.json"):
+        R.load_records("math_10k", root=tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        R.load_records(tmp_path / "nope.json")
+
+
+def test_unknown_set_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown LLM-Adapters set 'siqa'.*social_i_qa"):
+        R.load_records("siqa")
+    with pytest.raises(ValueError, match="valid evaluation sets: boolq"):
+        R.extract_answer("commonsense_170k", "true")
+
+
+def test_bad_contents_name_file_and_problem(tmp_path):
+    empty = write(tmp_path / "empty.json", [])
+    with pytest.raises(ValueError, match=r"empty\.json: .*empty list"):
+        R.load_records(empty)
+    renamed = write(
+        tmp_path / "renamed.json", [rec(), {"question": "q", "output": "", "answer": ""}]
+    )
+    with pytest.raises(ValueError, match=r"renamed\.json: record 1 lacks key.*'instruction'"):
+        R.load_records(renamed)
+    no_answer = write(tmp_path / "noans.json", [{"instruction": "q", "input": "", "output": "o"}])
+    with pytest.raises(ValueError, match=r"noans\.json: record 0 lacks key\(s\) 'answer'"):
+        R.load_records(no_answer)
+    assert R.training_mixture(no_answer)[0]["response"] == "o"  # training needs no answer
+    not_list = write(tmp_path / "obj.json", {"instruction": "q"})
+    with pytest.raises(ValueError, match=r"obj\.json: expected a JSON list"):
+        R.load_records(not_list)
+    broken = tmp_path / "broken.json"
+    broken.write_text("[{")
+    with pytest.raises(ValueError, match=r"broken\.json: not valid JSON"):
+        R.load_records(broken)
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def test_extraction_rules_on_generated_text():
+    x = R.extract_answer
+    assert x("boolq", "the correct answer is false, not true") == "false"  # first match
+    assert x("boolq", "The correct answer is True") == ""  # case-sensitive, like LLM-Adapters
+    assert x("piqa", "solution2 because solution1 fails") == "solution2"
+    assert x("social_i_qa", "the correct answer is answer3") == "answer3"
+    assert x("ARC-Challenge", "answer5") == "answer5"
+    assert x("hellaswag", "the correct answer is ending4") == "ending4"
+    assert x("winogrande", "option2") == "option2"
+    assert x("gsm8k", "3 + 4 = 7 apples, so 1,234.5 total. The answer is 1,234.5.") == 1234.5
+    assert x("SVAMP", "It fell by -3 degrees.") == -3.0
+    assert x("AddSub", "no digits here") == math.inf
+    assert x("AQuA", "The answer is (D).") == "D"
+    assert x("AQuA", "A train runs... The answer is (C).") == "A"  # LLM-Adapters' first capital
+    assert x("AQuA", "A train runs... The answer is (C).", letter_rule="strict") == "C"
+    assert R.is_correct("gsm8k", 18.0005, "18.0") and not R.is_correct("gsm8k", 18.01, "18")
+    assert not R.is_correct("gsm8k", math.inf, "18")
+    assert R.is_correct("boolq", "true", "true") and not R.is_correct("boolq", "", "true")
+    assert R.clean_response("  answer1\n\n### Response:\nanswer2") == "answer1"
+
+
+def test_commonsense_gold_outputs_extract_to_gold_answers(shared_data):
+    root = shared_data / "llm-adapters"
+    seen = 0
+    for name in R.COMMONSENSE_SETS:
+        for split in ("train", "test"):
+            if not (root / name / f"{split}.json").is_file():
+                continue
+            records = R.load_records(name, split, root)
+            if (name, split) in COUNTS:
+                assert len(records) == COUNTS[name, split]
+            for r in records[:50]:
+                assert R.extract_answer(name, r["output"]) == r["answer"], (name, r["output"])
+                assert R.is_correct(name, R.extract_answer(name, r["output"]), r["answer"])
+            seen += 1
+    assert seen >= 10
+
+
+def test_math_extraction_matches_reference_predictions(shared_data):
+    """The data copy keeps LLM-Adapters' `*_1.json` (chain of thought + extracted pred)."""
+    root = shared_data / "llm-adapters"
+    pairs = {
+        "gsm8k": "gsm8k_1",
+        "AddSub": "addsub_1",
+        "MultiArith": "multiarith_1",
+        "SingleEq": "singleeq_1",
+        "SVAMP": "svamp_1",
+        "AQuA": "aqua_1",
+    }
+    checked = 0
+    for name, stem in pairs.items():
+        path = root / name / f"{stem}.json"
+        if not path.is_file():
+            continue
+        rows = [r for r in json.loads(path.read_text())[:50] if r["pred"] is not None]
+        for r in rows:
+            text = r["chain-of-thought"]
+            if name == "AQuA":
+                assert R.extract_answer(name, text, letter_rule="strict") == r["pred"], text
+            else:
+                assert R.extract_answer(name, text) == pytest.approx(float(r["pred"])), text
+            checked += 1
+    assert checked >= 250
+
+
+def test_math_gold_answers_in_generated_style(shared_data):
+    root = shared_data / "llm-adapters"
+    for name in R.MATH_SETS:
+        if not (root / name / "test.json").is_file():
+            continue
+        for r in R.load_records(name, "test", root)[:50]:
+            gold = r["answer"]
+            if R.answer_kind(name) == "letter":
+                text = f"\nRationale: the sum is 12, so x is {gold}. The answer is ({gold})."
+                assert R.extract_answer(name, text, letter_rule="strict") == gold
+            else:
+                v = float(gold)
+                text = f"\nA: 3 + 4 = 7, then 7 * 2 = 14. The answer is {v:,}."
+                assert R.is_correct(name, R.extract_answer(name, text), gold), text
+                assert not R.is_correct(name, R.extract_answer(name, f"{v + 1:,}"), gold)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_evaluate_with_a_fake_generator(tmp_path):
+    boolq = [rec(f"b{i}", answer="true" if i % 2 else "false") for i in range(5)]
+    math_recs = [rec(f"m{i}", output="", answer=str(float(i))) for i in range(4)]
+    write(tmp_path / "boolq" / "test.json", boolq)
+    write(tmp_path / "gsm8k" / "test.json", math_recs)
+    calls = []
+
+    def generate(prompts):
+        calls.append(len(prompts))
+        out = []
+        for p in prompts:
+            q = p.split("### Instruction:\n")[1].split("\n")[0]
+            if q.startswith("b"):  # right on b0..b3, wrong on b4
+                out.append(f"the correct answer is {'true' if int(q[1:]) % 2 else 'false'}")
+                if q == "b4":
+                    out[-1] = "the correct answer is true"
+            else:  # right on m0, m2; m1 has no number; m3 is off by one
+                i = int(q[1:])
+                out.append({0: "The answer is 0.", 1: "none", 2: "so 2.0", 3: "= 4"}[i])
+        return out
+
+    scores, preds = R.evaluate(
+        generate, ["boolq", "gsm8k"], root=tmp_path, batch_size=2, return_predictions=True
+    )
+    assert scores == {"boolq": 0.8, "gsm8k": 0.5, "average": pytest.approx(0.65)}
+    assert calls == [2, 2, 1, 2, 2]
+    assert [p[2] for p in preds["gsm8k"]] == [True, False, True, False]  # record order kept
+    assert preds["gsm8k"][1][1] == math.inf
+    assert R.evaluate(generate, {"boolq": boolq[:2]}, limit=1) == {"boolq": 1.0, "average": 1.0}
+    with pytest.raises(ValueError, match="returned 0 texts"):
+        R.evaluate(lambda p: [], {"boolq": boolq})
