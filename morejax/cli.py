@@ -118,9 +118,7 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message for --chat")
     p.add_argument("--dtype", default=None, help="compute dtype (float32, bfloat16)")
     p.add_argument("--param-dtype", default=None, help="stored parameter dtype")
-    p.add_argument(
-        "--no-scan", action="store_true", help="unscanned layers (slower to compile)"
-    )
+    p.add_argument("--no-scan", action="store_true", help="unscanned layers (slower to compile)")
     p.set_defaults(func=_run_generate)
     return p
 

@@ -42,6 +42,7 @@ class GenerateOutput(NamedTuple):
     tokens_BxT: jax.Array  # generated ids; pad_id after a row's stop token
     lengths_B: jax.Array  # generated tokens per row, the stop token included
     stopped_B: jax.Array  # whether the row produced a stop token
+    steps: jax.Array  # model calls made (prefill included): < T when all rows stopped early
 
 
 def left_pad(
@@ -63,58 +64,57 @@ def left_pad(
     return ids_BxP, mask_BxP
 
 
-def sample_logits(logits_BxV, rng, *, temperature: float = 0.0, top_k: int = 0, top_p=1.0):
-    """Next token ids (B,): argmax at temperature 0, else top-k / nucleus sampling."""
-    if temperature == 0.0:
+def sample_logits(logits_BxV, rng, *, temperature=0.0, top_k=0, top_p=1.0, greedy=None):
+    """Next token ids (B,): argmax when greedy, else temperature / top-k / nucleus sampling.
+
+    ``temperature``, ``top_k`` and ``top_p`` may be traced values, so one compiled
+    loop serves every sampling setting; ``greedy`` (default: ``temperature == 0``
+    for Python numbers) must be static. ``top_k=0`` and ``top_p=1`` disable
+    the filters; the top token always survives them.
+    """
+    if greedy is None:
+        greedy = not isinstance(temperature, jax.Array) and temperature == 0
+    if greedy:
         return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    logits_BxV = logits_BxV.astype(jnp.float32) / temperature
-    if top_k > 0:
-        kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
-        logits_BxV = jnp.where(logits_BxV < kth_Bx1, -jnp.inf, logits_BxV)
-    if top_p < 1.0:
-        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
-        probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
-        # Keep the smallest prefix whose mass reaches top_p (always the top token).
-        before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
-        kept_BxV = jnp.where(before_BxV < top_p, sorted_BxV, jnp.inf)
-        cutoff_Bx1 = jnp.min(kept_BxV, axis=-1, keepdims=True)
-        logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
+    V = logits_BxV.shape[-1]
+    logits_BxV = logits_BxV.astype(jnp.float32) / jnp.maximum(temperature, 1e-6)
+    sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)  # descending
+    # top-k: everything below the k-th largest logit goes.
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V)
+    kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxV, k - 1, 1, axis=-1)
+    sorted_BxV = jnp.where(sorted_BxV < kth_Bx1, -jnp.inf, sorted_BxV)
+    # top-p: keep the shortest prefix whose mass reaches top_p.
+    probs_BxV = jax.nn.softmax(sorted_BxV, axis=-1)
+    before_BxV = jnp.cumsum(probs_BxV, axis=-1) - probs_BxV
+    kept_BxV = jnp.where((before_BxV < top_p) | (top_p >= 1.0), sorted_BxV, jnp.inf)
+    cutoff_Bx1 = jnp.maximum(jnp.min(kept_BxV, axis=-1, keepdims=True), kth_Bx1)
+    logits_BxV = jnp.where(logits_BxV < cutoff_Bx1, -jnp.inf, logits_BxV)
     return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "apply_fn",
-        "init_cache",
-        "max_new_tokens",
-        "stop_ids",
-        "pad_id",
-        "temperature",
-        "top_k",
-        "top_p",
-    ),
-)
+@functools.partial(jax.jit, static_argnames=("apply_fn", "init_cache", "max_new_tokens", "greedy"))
 def _generate(
     params,
     prompt_ids_BxP,
     prompt_mask_BxP,
     rng,
-    *,
-    apply_fn,
-    init_cache,
-    max_new_tokens,
-    stop_ids,
+    stops_N,
     pad_id,
     temperature,
     top_k,
     top_p,
+    *,
+    apply_fn,
+    init_cache,
+    max_new_tokens,
+    greedy,
 ):
     B, P = prompt_ids_BxP.shape
     T = max_new_tokens
-    sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
-    is_stop = lambda tok_B: jnp.any(tok_B[:, None] == stops[None, :], axis=-1)
+    sample = functools.partial(
+        sample_logits, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy
+    )
+    is_stop = lambda tok_B: jnp.any(tok_B[:, None] == stops_N[None, :], axis=-1)
 
     # Prefill: the whole prompt in one call; pads get position 0 and stay masked.
     mask_BxP = prompt_mask_BxP.astype(jnp.bool_)
@@ -143,8 +143,8 @@ def _generate(
         return t + 1, tok_B, done_B, lengths_B, out_BxT, cache, pos_B + 1
 
     state = (jnp.int32(1), tok_B, done_B, lengths_B, out_BxT, cache, pos_B)
-    _, _, done_B, lengths_B, out_BxT, _, _ = jax.lax.while_loop(cond, body, state)
-    return GenerateOutput(out_BxT, lengths_B, done_B)
+    steps, _, done_B, lengths_B, out_BxT, _, _ = jax.lax.while_loop(cond, body, state)
+    return GenerateOutput(out_BxT, lengths_B, done_B, steps)
 
 
 def generate(
@@ -167,8 +167,9 @@ def generate(
     ``apply_fn(params, ids_BxL, mask_BxL, positions_BxL, cache) -> (logits_BxLxV,
     cache)`` and ``init_cache(B, S)`` are static: pass the same callables each
     time to reuse the compiled loop (``llama_callables`` memoises them per model).
-    The cache is sized for prompt plus new tokens. ``rng`` (a key) matters only
-    when ``temperature > 0``.
+    Besides shapes, only ``max_new_tokens`` and greedy-vs-sampling recompile;
+    stop ids, pad id and sampling settings are traced. The cache is sized for
+    prompt plus new tokens. ``rng`` (a key) matters only when ``temperature > 0``.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -179,19 +180,23 @@ def generate(
         prompt_mask_BxP = jnp.ones_like(prompt_ids_BxP)
     if rng is None:
         rng = jax.random.key(0)
+    # Stop ids padded to a multiple of 4 with -1 (never a token): few distinct shapes.
+    stops = [int(s) for s in stop_ids]
+    stops += [-1] * (max(4, -(-len(stops) // 4) * 4) - len(stops))
     return _generate(
         params,
         prompt_ids_BxP,
         jnp.asarray(prompt_mask_BxP, jnp.int32),
         rng,
+        jnp.asarray(stops, jnp.int32),
+        jnp.int32(pad_id),
+        jnp.float32(temperature),
+        jnp.int32(top_k),
+        jnp.float32(top_p),
         apply_fn=apply_fn,
         init_cache=init_cache,
         max_new_tokens=int(max_new_tokens),
-        stop_ids=tuple(int(s) for s in stop_ids),
-        pad_id=int(pad_id),
-        temperature=float(temperature),
-        top_k=int(top_k),
-        top_p=float(top_p),
+        greedy=temperature == 0,
     )
 
 
@@ -323,7 +328,7 @@ def generate_text(
         top_p=top_p,
         rng=jax.random.key(seed),
     )
-    tokens_BxT, lengths_B, stopped_B = (np.asarray(a) for a in out)
+    tokens_BxT, lengths_B, stopped_B = (np.asarray(a) for a in out[:3])
     texts = []
     for row, n, stopped in zip(tokens_BxT, lengths_B, stopped_B):
         ids = row[: n - 1] if stopped else row[:n]

@@ -137,10 +137,15 @@ def gguf_config(reader, **overrides) -> LlamaConfig:
     return LlamaConfig(**kw)
 
 
-def gguf_tensors(reader) -> Iterator[tuple[str, np.ndarray]]:
-    """(GGUF name, fp32 array) one tensor at a time, in numpy ``[out, in]`` order."""
+def gguf_tensors(reader, names=None) -> Iterator[tuple[str, np.ndarray]]:
+    """(GGUF name, fp32 array) one tensor at a time, in numpy ``[out, in]`` order.
+
+    ``names`` restricts to a subset (dequantising everything takes seconds).
+    """
     gguf = _require_gguf()
     for t in reader.tensors:
+        if names is not None and t.name not in names:
+            continue
         a = gguf.quants.dequantize(t.data, t.tensor_type)
         yield t.name, np.asarray(a, dtype=np.float32)
 
@@ -217,8 +222,15 @@ def gguf_tokenizer(reader):
     ``bos_token_id``, ``eos_token_id`` and ``chat_template`` attributes
     (None when absent); these do not survive serialisation.
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers import processors
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
 
     meta = gguf_metadata(reader)
     kind = meta.get("tokenizer.ggml.model")

@@ -284,7 +284,10 @@ def make_member_step(forward, kind: str, tx, shape, use_dropout: bool):
         zero = jnp.zeros((), jnp.float32)
         init = (jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), adapters), zero, zero)
         n_micro = jax.tree.leaves(batch)[0].shape[0]
-        (grads, loss_sum, count), _ = jax.lax.scan(micro, init, (jnp.arange(n_micro), batch))
+        if n_micro == 1:  # no loop: XLA optimises a straight-line step better
+            (grads, loss_sum, count), _ = micro(init, (0, jax.tree.map(lambda x: x[0], batch)))
+        else:
+            (grads, loss_sum, count), _ = jax.lax.scan(micro, init, (jnp.arange(n_micro), batch))
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
         lr = opt_state.hyperparams["learning_rate"] * shape(opt_state.count)

@@ -278,7 +278,7 @@ def load_params(
 
 
 def _tensor_pieces(params: Mapping, inverse_rename: InverseRename):
-    """(hf_name, getter) pairs; getters materialise one numpy tensor on demand."""
+    """(hf_name, getter, shape, dtype) per stored tensor; getters materialise on demand."""
     pieces = []
     for path, leaf in flatten_tree(params).items():
         for hf_name, layer, transform in inverse_rename(path):
@@ -288,34 +288,39 @@ def _tensor_pieces(params: Mapping, inverse_rename: InverseRename):
                 return np.ascontiguousarray(transform(a) if transform is not None else a)
 
             shape = tuple(leaf.shape) if layer is None else tuple(leaf.shape[1:])
-            pieces.append((hf_name, get, shape, np.dtype(leaf.dtype)))
+            dt = np.dtype(leaf.dtype)
+            if transform is not None:
+                # A zero-stride stand-in gives the transformed shape without copying data.
+                probe = transform(np.broadcast_to(np.zeros((), dt), shape))
+                shape, dt = tuple(probe.shape), np.dtype(probe.dtype)
+            if dt not in _TAGS:
+                raise ValueError(f"dtype {dt} of {hf_name!r} cannot be stored in safetensors")
+            pieces.append((hf_name, get, shape, dt))
     return pieces
 
 
-def _write_file(path: Path, items, metadata: dict | None) -> None:
+def _write_file(path: Path, pieces, metadata: dict | None) -> None:
     """Writes one safetensors file, materialising one tensor at a time."""
     header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0
-    arrays = []
-    for name, get in items:
-        a = get()
-        if a.dtype not in _TAGS:
-            raise ValueError(f"dtype {a.dtype} of {name!r} cannot be stored in safetensors")
+    for name, _, shape, dt in pieces:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         header[name] = {
-            "dtype": _TAGS[a.dtype],
-            "shape": list(a.shape),
-            "data_offsets": [offset, offset + a.nbytes],
+            "dtype": _TAGS[dt],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
         }
-        offset += a.nbytes
-        arrays.append((name, get, a.nbytes))
-        del a
+        offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format aligns the data section to 8 bytes
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
-        for _, get, _ in arrays:
-            f.write(get().tobytes())
+        for name, get, shape, dt in pieces:
+            a = get()
+            if a.shape != shape or a.dtype != dt:
+                raise ValueError(f"{name!r}: transform gave {a.shape} {a.dtype}, not {shape} {dt}")
+            f.write(a.tobytes())
 
 
 def save_safetensors(
@@ -343,19 +348,20 @@ def save_safetensors(
         if max_shard_bytes is not None:
             raise ValueError("max_shard_bytes needs a directory path, not a .safetensors file")
         p.parent.mkdir(parents=True, exist_ok=True)
-        _write_file(p, [(n, g) for n, g, _, _ in pieces], metadata)
+        _write_file(p, pieces, metadata)
         return [p]
     p.mkdir(parents=True, exist_ok=True)
     shards: list[list] = [[]]
     size = 0
     total = 0
-    for name, get, shape, dt in pieces:
+    for piece in pieces:
+        _, _, shape, dt = piece
         nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
         total += nbytes
         if max_shard_bytes is not None and shards[-1] and size + nbytes > max_shard_bytes:
             shards.append([])
             size = 0
-        shards[-1].append((name, get))
+        shards[-1].append(piece)
         size += nbytes
     if len(shards) == 1:
         _write_file(p / SINGLE_NAME, shards[0], metadata)
@@ -365,7 +371,7 @@ def save_safetensors(
         fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         _write_file(p / fname, items, metadata)
         files.append(p / fname)
-        weight_map.update({n: fname for n, _ in items})
+        weight_map.update({piece[0]: fname for piece in items})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (p / INDEX_NAME).write_text(json.dumps(index, indent=2))
     return files

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -161,18 +162,13 @@ def test_scanned_remat_matches_unscanned_and_dropout():
 
     # dropout reaches the scanned layers through the split 'dropout' rng
     @jax.jit
-    def train_mode(key):
+    def train_mode(p, key):  # params as an argument: closed over they become constants
         rngs = {"dropout": key}
-        return smodel.apply({"params": sparams}, IDS_2x6, deterministic=False, rngs=rngs)
+        return smodel.apply({"params": p}, IDS_2x6, MASK_2x6, deterministic=False, rngs=rngs)
 
-    r1, r1b, r2 = (
-        train_mode(jax.random.key(1)),
-        train_mode(jax.random.key(1)),
-        train_mode(jax.random.key(2)),
-    )
+    r1, r1b, r2 = (train_mode(sparams, jax.random.key(k)) for k in (1, 1, 2))
     np.testing.assert_array_equal(r1, r1b)
-    assert not np.allclose(r1, r2, atol=1e-4)
-    assert not np.allclose(r1, smodel.apply({"params": sparams}, IDS_2x6), atol=1e-4)
+    assert not np.allclose(r1, r2, atol=1e-4) and not np.allclose(r1, out, atol=1e-4)
 
 
 def test_padding_is_masked():
@@ -206,6 +202,15 @@ def test_roberta_positions_count_real_tokens():
     assert random_params(BertEncoder(TINY_ROBERTA))["embeddings"]["token_type_embeddings"][
         "embedding"
     ].shape == (1, 16)
+
+
+def test_intermediate_uses_exact_erf_gelu():
+    # MiniLM's golden cosine cannot tell erf from tanh GELU (0.75534 vs 0.75531).
+    layer = bert.BertIntermediate(TINY.replace(intermediate_size=2))
+    params = {"dense": {"kernel": jnp.ones((16, 2)), "bias": jnp.zeros(2)}}
+    y = layer.apply({"params": params}, jnp.full((1, 16), 1.5 / 16))
+    np.testing.assert_allclose(y, 0.5 * 1.5 * (1 + math.erf(1.5 / math.sqrt(2))), rtol=1e-6)
+    assert abs(float(y[0, 0]) - float(jax.nn.gelu(1.5, approximate=True))) > 1e-4
 
 
 def test_regression_head():

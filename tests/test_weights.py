@@ -216,6 +216,31 @@ def test_unknown_and_duplicate_names(tmp_path, tiny_cls):
         weights.load_params(target, dup, hf_rename(TINY))
 
 
+def test_bert_rename_variants():
+    scanned = hf_rename(TINY.replace(scan_layers=True))
+    path, layer, transform = scanned("roberta.encoder.layer.1.attention.output.LayerNorm.gamma")
+    assert path == ("encoder", "layers", "attention", "output", "LayerNorm", "scale")
+    assert layer == 1 and transform is None
+    path, layer, transform = hf_rename(TINY)("encoder.layer.1.attention.self.value.weight")
+    assert path == ("encoder", "layers_1", "attention", "value", "kernel") and layer is None
+    np.testing.assert_array_equal(
+        transform(np.arange(6).reshape(2, 3)), np.arange(6).reshape(2, 3).T
+    )
+    assert hf_rename(TINY)("bert.embeddings.LayerNorm.beta")[0] == (
+        "embeddings",
+        "LayerNorm",
+        "bias",
+    )
+    assert hf_rename(TINY)("cls.predictions.bias") is None
+    with_head = hf_rename(TINY, include_head=True)
+    assert with_head("bert.pooler.dense.weight")[0] == ("head", "dense", "kernel")
+    for bad in ("word_embeddings.weight", "encoder.layer.0.attention.self.rotary.weight"):
+        with pytest.raises(KeyError):
+            hf_rename(TINY)(bad)
+    with pytest.raises(KeyError, match="no Hugging Face name for encoder/extra/kernel"):
+        hf_inverse_rename(TINY)(("encoder", "extra", "kernel"))
+
+
 def test_missing_checkpoint_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither model.safetensors"):
         weights.safetensors_files(tmp_path)

