@@ -37,7 +37,9 @@ def uncached_greedy(model, params, prompts, n_new, width):
     for t in range(n_new):
         logits_BxLxV = np.asarray(jit_forward(model)(params, jnp.asarray(buf)))
         for b, n in enumerate(lens):
-            out[b, t] = buf[b, n + t] = int(np.argmax(logits_BxLxV[b, n + t - 1]))
+            out[b, t] = int(np.argmax(logits_BxLxV[b, n + t - 1]))
+            if t + 1 < n_new:
+                buf[b, n + t] = out[b, t]
     return out
 
 
@@ -111,11 +113,22 @@ def test_sampling_filters(tiny, tiny_batch):
     np.testing.assert_array_equal(a, a2)
     assert ((a >= 0) & (a < TINY.vocab_size)).all()
 
-    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-    draws = jax.vmap(lambda k: gen.sample_logits(logits, k, temperature=1.0, top_p=0.7)[0])(
-        jax.random.split(jax.random.key(0), 200)
+    probs = np.array([0.5, 0.3, 0.15, 0.05])
+    keys = jax.random.split(jax.random.key(0), 4000)
+    draw = jax.jit(
+        jax.vmap(
+            lambda k, t, kk, p: gen.sample_logits(
+                jnp.log(probs)[None], k, temperature=t, top_k=kk, top_p=p, greedy=False
+            )[0],
+            in_axes=(0, None, None, None),
+        )
     )
-    assert set(np.asarray(draws).tolist()) == {0, 1}  # 0.5 < 0.7 needs the 2nd token, not the 3rd
+    freq = lambda *a: np.bincount(np.asarray(draw(keys, *a)), minlength=4) / len(keys)
+    np.testing.assert_allclose(freq(1.0, 0, 1.0), probs, atol=0.03)  # unfiltered
+    np.testing.assert_allclose(freq(1.0, 2, 1.0), [0.625, 0.375, 0, 0], atol=0.03)  # top-k
+    np.testing.assert_allclose(freq(1.0, 0, 0.7), [0.625, 0.375, 0, 0], atol=0.03)  # top-p
+    sharp = probs**2 / (probs**2).sum()
+    np.testing.assert_allclose(freq(0.5, 0, 1.0), sharp, atol=0.03)  # temperature
 
 
 def test_generation_with_factored_adapters(tiny, tiny_batch):
@@ -260,13 +273,44 @@ def test_smollm2_scanned_and_unscanned_logits_agree(smol):
     np.testing.assert_allclose(unscanned, scanned, atol=2e-3, rtol=1e-4)
 
 
-@needs_smollm2
-def test_smollm2_qk_unpermute_matters(smol):
-    """Without undoing ggml's Q/K permutation the model should not produce Paris."""
-    from morejax import gguf
+def ggml_rope(x_LxHxK, theta):
+    """llama.cpp's LLaMA RoPE: rotates adjacent pairs (2i, 2i+1) at frequency i."""
+    L, _, K = x_LxHxK.shape
+    ang = np.arange(L)[:, None] * theta ** (-np.arange(0, K, 2) / K)
+    c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+    x0, x1 = x_LxHxK[..., 0::2], x_LxHxK[..., 1::2]
+    out = np.empty_like(x_LxHxK)
+    out[..., 0::2], out[..., 1::2] = x0 * c - x1 * s, x0 * s + x1 * c
+    return out
 
-    reader, cfg, params, tok = smol
-    q = params["layers"]["self_attn"]["q_proj"]["kernel"][0]  # (in, out)
-    _, raw = next(gguf.gguf_tensors(reader, names={"blk.0.attn_q.weight"}))  # ggml rows
-    np.testing.assert_allclose(gguf.unpermute_qk(raw, cfg.num_heads).T, np.asarray(q))
-    assert not np.allclose(raw.T, np.asarray(q))
+
+@needs_smollm2
+def test_smollm2_unpermuted_qk_with_rotate_half_equals_ggml_rope(smol):
+    """Attention scores as llama.cpp computes them from the raw GGUF rows must match ours."""
+    from morejax import gguf
+    from morejax.models.llama import apply_rope, rope_inv_freq, rope_sin_cos
+
+    reader, cfg, params, _ = smol
+    H, G, K, L = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, 7
+    names = {"blk.3.attn_q.weight", "blk.3.attn_k.weight"}
+    raw = dict(gguf.gguf_tensors(reader, names=names))  # ggml row order, [out, in]
+    x_LxD = np.random.default_rng(0).standard_normal((L, cfg.hidden_size)).astype(np.float32)
+
+    def ggml_scores():
+        q = ggml_rope((x_LxD @ raw["blk.3.attn_q.weight"].T).reshape(L, H, K), cfg.rope_theta)
+        k = ggml_rope((x_LxD @ raw["blk.3.attn_k.weight"].T).reshape(L, G, K), cfg.rope_theta)
+        return np.einsum("lhk,shk->hls", q, np.repeat(k, H // G, axis=1))
+
+    def ours(wq_DxHK, wk_DxGK):
+        sin, cos = rope_sin_cos(jnp.arange(L)[None], jnp.asarray(rope_inv_freq(cfg)))
+        q = apply_rope(jnp.asarray(x_LxD @ wq_DxHK).reshape(1, L, H, K), sin, cos)[0]
+        k = apply_rope(jnp.asarray(x_LxD @ wk_DxGK).reshape(1, L, G, K), sin, cos)[0]
+        return np.einsum("lhk,shk->hls", np.asarray(q), np.repeat(np.asarray(k), H // G, axis=1))
+
+    want = ggml_scores()
+    attn = params["layers"]["self_attn"]
+    got = ours(np.asarray(attn["q_proj"]["kernel"][3]), np.asarray(attn["k_proj"]["kernel"][3]))
+    np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())
+    # Skipping the un-permutation breaks the match (the model still talks, but wrongly).
+    wrong = ours(raw["blk.3.attn_q.weight"].T, raw["blk.3.attn_k.weight"].T)
+    assert np.abs(wrong - want).max() > 0.1 * np.abs(want).max()

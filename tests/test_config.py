@@ -1,0 +1,139 @@
+"""Experiment configs: --set overrides, error messages, resolved output, sweeps, `params`."""
+
+import json
+from pathlib import Path
+
+import fiddle as fdl
+import pytest
+
+import morejax
+from morejax import commands, config
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = ROOT / "configs" / "glue_more_minilm.py"
+
+
+def test_overrides_reach_nested_values():
+    cfg = config.load(
+        MAIN,
+        [
+            "adapter.rank=8",
+            "optimizer.learning_rate=3e-4",
+            "optimizer.lr_groups['head/.*']=2.0",
+            "optimizer.schedule=linear",
+            "data.buckets=(16, 64)",
+        ],
+    )
+    exp = config.build(cfg)
+    assert exp.adapter == morejax.MoRe(nblocks=4, rank=8)
+    assert exp.optimizer.learning_rate == 3e-4
+    assert exp.optimizer.lr_groups == {"head/.*": 2.0}
+    assert exp.optimizer.schedule == "linear"
+    assert exp.data.buckets == (16, 64)
+    assert exp.all_rules() == {r".*/(query|key|value)/kernel": morejax.MoRe(4, 8)}
+
+
+def test_a_value_can_switch_the_method():
+    cfg = config.load(MAIN, ["adapter=LoRA(rank=8, alpha=16.0)"])
+    assert config.build(cfg).adapter == morejax.LoRA(rank=8, alpha=16.0)
+    with pytest.raises(ValueError, match="unknown callable 'Lora'"):
+        config.parse_value("Lora(rank=8)")
+
+
+def test_values_are_python_literals():
+    assert config.parse_value("3e-4") == 3e-4
+    assert config.parse_value("(1, 2)") == (1, 2)
+    assert config.parse_value("None") is None
+    assert config.parse_value("'a b'") == "a b"
+    assert config.parse_value("cosine") == "cosine"  # a bare word is a string
+    with pytest.raises(ValueError, match="cannot parse value"):
+        config.parse_value("1 +")
+
+
+@pytest.mark.parametrize(
+    "override, nearest",
+    [
+        ("adapter.rnak=8", "adapter.rank"),
+        ("optimizer.learning_rat=1e-3", "optimizer.learning_rate"),
+        ("optimiser.learning_rate=1e-3", "optimizer.learning_rate"),
+    ],
+)
+def test_unknown_paths_name_the_nearest_valid_ones(override, nearest):
+    cfg = config.load(MAIN)
+    with pytest.raises(ValueError, match="unknown config path") as e:
+        config.apply_overrides(cfg, [override])
+    assert nearest in str(e.value)
+
+
+def test_unknown_path_through_the_command_line(capsys):
+    rc = commands.main(["params", str(MAIN), "--set", "adapter.rnak=8"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "unknown config path 'adapter.rnak'" in err and "adapter.rank" in err
+
+
+def test_resolved_config_is_written_as_text_and_json(tmp_path):
+    cfg = config.load(MAIN, ["adapter.rank=8"])
+    config.write_resolved(cfg, tmp_path)
+    text = (tmp_path / "config.txt").read_text()
+    assert "adapter.rank = 8" in text
+    assert "optimizer.weight_decay = 0.001" in text  # defaults and recipe values included
+    flat = json.loads((tmp_path / "config.json").read_text())["config"]
+    assert flat["adapter.rank"] == 8
+    assert flat["adapter.__fn__"] == "morejax.methods.more.MoRe"
+    assert flat["data.task"] == "sst2"
+
+
+def test_sweep_points_and_names():
+    points = config.sweep_points(MAIN)
+    assert len(points) == 4
+    assert {p["optimizer.learning_rate"] for p in points} == {5e-4, 1e-3}
+    assert config.point_name(points[0]) == "learning_rate=0.0005,seed=0"
+    assert config.product(a=[1, 2], b=[3]) == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
+    assert config.zipped(a=[1, 2], b=[3, 4]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    with pytest.raises(ValueError):
+        config.zipped(a=[1, 2], b=[3])
+
+
+def test_every_config_file_builds():
+    for path in sorted((ROOT / "configs").glob("*.py")):
+        if path.stem in ("__init__", "common"):
+            continue
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# python -m morejax"), f"{path.name} lacks its command line"
+        cfg = config.load(path)
+        assert isinstance(cfg, fdl.Config)
+        assert isinstance(config.build(cfg), config.Experiment)
+
+
+def _totals(capsys, path, *sets):
+    argv = ["params", str(ROOT / "configs" / path), "--totals"]
+    for s in sets:
+        argv += ["--set", s]
+    assert commands.main(argv) == 0
+    out = capsys.readouterr().out
+    return {line.split(":")[0]: int(line.split(":")[1].replace(",", "")) for line in out.splitlines()}
+
+
+def test_params_reproduces_the_papers_counts_without_weights(capsys):
+    llama = _totals(capsys, "commonsense_more_llama7b.py")
+    assert llama["adapter params"] == 3_145_728
+    assert llama["model params"] == 6_738_415_616
+    roberta = _totals(capsys, "glue_more_roberta_large.py")
+    assert roberta["adapter params"] == 589_824
+    assert roberta["other trainable"] > 0  # the classifier head, counted apart
+
+
+def test_params_table_lists_adapted_kernels(capsys):
+    assert commands.main(["params", str(MAIN)]) == 0
+    out = capsys.readouterr().out
+    assert "encoder/layers_0/attention/query/kernel" in out
+    assert "MoRe(nblocks=4, rank=4" in out
+    assert "55,296" in out  # 6 layers x q,k,v x r*nb*(p+s) = 4*4*(96+96)
+
+
+def test_a_rule_matching_nothing_fails_clearly(capsys):
+    rc = commands.main(["params", str(MAIN), "--set", "targets='.*/nothing/kernel'"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "matched no kernel" in err and ".*/nothing/kernel" in err

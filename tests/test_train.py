@@ -1,0 +1,186 @@
+"""The training loop: optimizer pieces on toy trees, then end-to-end runs of a tiny model on
+real SST-2 rows through the command line (1 and 8 devices, eval, stop and resume)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import morejax
+from morejax import commands, config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke_tiny.py")
+
+
+# ----------------------------------------------------------------------------- optimizer pieces
+
+
+def _opt(**kw):
+    return config.Optimizer(**kw)
+
+
+def test_schedules_warm_up_then_decay():
+    cos = train.schedule_shape(_opt(schedule="cosine", warmup_ratio=0.1), 100)
+    assert float(cos(0)) == 0.0
+    assert float(cos(5)) == pytest.approx(0.5)
+    assert float(cos(10)) == pytest.approx(1.0)
+    assert float(cos(55)) == pytest.approx(0.5, abs=1e-6)
+    assert float(cos(100)) == pytest.approx(0.0, abs=1e-6)
+    lin = train.schedule_shape(_opt(schedule="linear", warmup_steps=20), 100)
+    assert float(lin(20)) == pytest.approx(1.0)
+    assert float(lin(60)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule"):
+        train.schedule_shape(_opt(schedule="poly"), 10)
+
+
+def test_weight_decay_mask_and_learning_rate_groups():
+    params = {"head": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "x": {"kernel": jnp.ones(3)}}
+    opt = _opt(
+        learning_rate=0.1,
+        schedule="constant",
+        warmup_steps=0,
+        weight_decay=0.5,
+        clip_norm=None,
+        lr_groups={"head/.*": 2.0},
+    )
+    tx = train.make_optimizer(opt, 10, params)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)  # zero gradients: only decay moves
+    assert np.allclose(updates["x"]["kernel"], -0.1 * 0.5)
+    assert np.allclose(updates["head"]["kernel"], -0.1 * 0.5 * 2.0)
+    assert np.allclose(updates["head"]["bias"], 0.0)  # biases are not decayed
+
+
+class _Tiny(nn.Module):
+    @nn.compact
+    def __call__(self, ids, mask, types, deterministic=True):
+        x = nn.Embed(11, 8)(ids) * mask[..., None]
+        x = nn.Dense(8, name="proj")(x).mean(1)
+        return nn.Dense(2, name="head")(x)
+
+
+def _tiny_step(micro_batches: int):
+    model = _Tiny()
+    ids = jnp.arange(32).reshape(8, 4) % 11
+    batch = {
+        "input_ids": ids,
+        "attention_mask": jnp.ones_like(ids),
+        "token_type_ids": jnp.zeros_like(ids),
+        "labels": jnp.arange(8) % 2,
+        "valid": jnp.ones(8, jnp.int32),
+    }
+    params = model.init(jax.random.key(0), ids, ids, ids)["params"]
+    rules = {"proj/kernel": morejax.MoRe(nblocks=2, rank=2)}
+    base, adapters = morejax.adapt(params, rules, jax.random.key(1), trainable=["head/.*"])
+    opt = _opt(learning_rate=0.1, warmup_steps=0, weight_decay=0.1, clip_norm=0.05)
+    tx = train.make_optimizer(opt, 10, adapters)
+    shape = train.schedule_shape(opt, 10)
+    step = train.make_member_step(train.make_forward(model, "bert"), "classification", tx, shape, False)
+    split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+    new, _, metrics = jax.jit(step)(adapters, tx.init(adapters), 0, jax.random.key(2), base, split)
+    return new, metrics
+
+
+def test_gradient_accumulation_matches_one_batch():
+    one, m1 = _tiny_step(1)
+    four, m4 = _tiny_step(4)
+    assert float(m1["loss"]) == pytest.approx(float(m4["loss"]), rel=1e-6)
+    assert float(m1["grad_norm"]) > 0.05  # clipping is active
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(four)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Workdirs of smoke runs, trained once per module and shared by the tests."""
+    root = tmp_path_factory.mktemp("runs")
+    done: dict[str, Path] = {}
+
+    def get(name: str, *args: str) -> Path:
+        if name not in done:
+            workdir = root / name
+            argv = ["train", SMOKE, "--workdir", str(workdir), "--no-progress", *args]
+            assert commands.main(argv) == 0
+            done[name] = workdir
+        return done[name]
+
+    return get
+
+
+def _rows(workdir: Path, split: str) -> list[dict]:
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["split"] == split]
+
+
+def _adapters(workdir: Path, step: int) -> list[np.ndarray]:
+    tree = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "adapters")
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [np.asarray(v) for _, v in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0]))]
+
+
+def test_train_end_to_end(shared_data, runs, capsys):
+    workdir = runs("one")
+    out = capsys.readouterr().out
+    assert "resolved config:" in out and "adapter.rank = 4" in out
+    assert "adapter checkpoint:" in out
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["finished"] and results["step"] == 8
+    assert 0.0 <= results["final"]["accuracy"] <= 1.0
+    assert [r["step"] for r in _rows(workdir, "train")] == list(range(1, 9))
+    assert [r["step"] for r in _rows(workdir, "eval")] == [4, 8]
+    assert all(r["tokens_per_s"] > 0 and np.isfinite(r["loss"]) for r in _rows(workdir, "train"))
+    assert list((workdir / "tb").glob("events.out.tfevents*"))
+    assert "adapter.rank = 4" in (workdir / "config.txt").read_text()
+    # Best and latest are kept, nothing else; only adapter-sized state is written.
+    kept = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept == sorted({results["best_step"], 8})
+    ckpt_bytes = sum(f.stat().st_size for f in (workdir / "checkpoints").rglob("*") if f.is_file())
+    assert ckpt_bytes < 2_000_000  # the tiny model's frozen base alone is ~4 MB of float32
+    best = max(_rows(workdir, "eval"), key=lambda r: (r["score"], r["step"]))
+    assert results["best"] == pytest.approx(best["score"])
+
+
+def test_eval_command_restores_the_best_checkpoint(shared_data, runs, capsys):
+    workdir = runs("one")
+    results = json.loads((workdir / "results.json").read_text())
+    capsys.readouterr()
+    assert commands.main(["eval", SMOKE, "--workdir", str(workdir)]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed[0]["score"] == pytest.approx(results["best"])
+
+
+def test_resume_after_a_stop_is_bit_identical(shared_data, runs):
+    full = runs("one")
+    stopped = runs("stopped", "--stop-at", "3")
+    assert not (stopped / "results.json").exists()
+    assert (stopped / "checkpoints" / "3").is_dir()
+    assert commands.main(["train", SMOKE, "--workdir", str(stopped), "--no-progress"]) == 0
+    for a, b in zip(_adapters(full, 8), _adapters(stopped, 8), strict=True):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+    assert [r["loss"] for r in _rows(full, "train")] == [r["loss"] for r in _rows(stopped, "train")]
+
+
+def test_eight_devices_give_the_same_loss_curve(shared_data, runs, tmp_path):
+    one = runs("one")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "morejax.commands", "train", SMOKE, "--workdir", str(tmp_path)]
+    proc = subprocess.run(cmd + ["--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "devices 8" in proc.stdout and "'data': 8" in proc.stdout
+    loss_1 = [r["loss"] for r in _rows(one, "train")]
+    loss_8 = [r["loss"] for r in _rows(tmp_path, "train")]
+    np.testing.assert_allclose(loss_8, loss_1, rtol=2e-5)
+    assert [r["score"] for r in _rows(tmp_path, "eval")] == [r["score"] for r in _rows(one, "eval")]
