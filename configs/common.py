@@ -19,20 +19,21 @@ HEAD = (r"head/.*",)
 
 def minilm_l6(num_labels: int = 2) -> fdl.Config:
     """all-MiniLM-L6-v2 from its pip package (offline), with a fresh classification head."""
-    return fdl.Config(Model, name="minilm-l6", family="bert", head="classification",
-                      num_labels=num_labels)
+    return fdl.Config(
+        Model, name="minilm-l6", family="bert", head="classification", num_labels=num_labels
+    )
 
 
 def roberta_large(num_labels: int = 2) -> fdl.Config:
     """RoBERTa-large: shapes built in; weights from `model.checkpoint` (a local HF folder)."""
-    return fdl.Config(Model, name="roberta-large", family="bert", head="classification",
-                      num_labels=num_labels)
+    return fdl.Config(
+        Model, name="roberta-large", family="bert", head="classification", num_labels=num_labels
+    )
 
 
 def llama(name: str) -> fdl.Config:
     """A LLaMA-family decoder by config name; weights from `model.checkpoint`."""
-    return fdl.Config(Model, name=name, family="llama", head="lm", num_labels=0,
-                      dtype="bfloat16")
+    return fdl.Config(Model, name=name, family="llama", head="lm", num_labels=0, dtype="bfloat16")
 
 
 # ----------------------------------------------------------------------------- adapters
@@ -73,8 +74,13 @@ def glue_recipe(task: str, model: fdl.Config | None = None) -> fdl.Config:
         targets=QKV_BERT,
         trainable=HEAD,
         data=glue_data(spec.name, max_len=r.max_length),
-        optimizer=fdl.Config(Optimizer, learning_rate=r.lr, schedule=r.schedule,
-                             warmup_ratio=r.warmup_ratio, weight_decay=r.weight_decay),
+        optimizer=fdl.Config(
+            Optimizer,
+            learning_rate=r.lr,
+            schedule=r.schedule,
+            warmup_ratio=r.warmup_ratio,
+            weight_decay=r.weight_decay,
+        ),
         mesh=fdl.Config(Mesh),
         batch_size=r.batch_size,
         epochs=r.epochs,
@@ -98,8 +104,15 @@ def glue_task_overrides(task: str) -> dict:
     }
 
 
-def reasoning_recipe(model: fdl.Config, adapter: fdl.Config, targets: str, task: str,
-                     *, lr: float, weight_decay: float = 0.0) -> fdl.Config:
+def reasoning_recipe(
+    model: fdl.Config,
+    adapter: fdl.Config,
+    targets: str,
+    task: str,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+) -> fdl.Config:
     """LLM-Adapters style fine-tuning: batch 16, 3 epochs, cutoff 256, linear schedule,
     100 warmup steps, frozen base in bf16 sharded over a 'model' axis."""
     return fdl.Config(
@@ -108,10 +121,22 @@ def reasoning_recipe(model: fdl.Config, adapter: fdl.Config, targets: str, task:
         model=model,
         adapter=adapter,
         targets=targets,
-        data=fdl.Config(Data, kind="reasoning", task=task, local_dir=shared_dir("llm-adapters"),
-                        eval_split="test", max_len=256, eval_batch_size=16),
-        optimizer=fdl.Config(Optimizer, learning_rate=lr, schedule="linear", warmup_steps=100,
-                             weight_decay=weight_decay),
+        data=fdl.Config(
+            Data,
+            kind="reasoning",
+            task=task,
+            local_dir=shared_dir("llm-adapters"),
+            eval_split="test",
+            max_len=256,
+            eval_batch_size=16,
+        ),
+        optimizer=fdl.Config(
+            Optimizer,
+            learning_rate=lr,
+            schedule="linear",
+            warmup_steps=100,
+            weight_decay=weight_decay,
+        ),
         mesh=fdl.Config(Mesh, data=-1, model=1),
         batch_size=16,
         epochs=3,

@@ -1,5 +1,7 @@
 # python -m morejax.commands params configs/commonsense_more_llama7b.py
-# python -m morejax.commands train configs/commonsense_more_llama7b.py --set model.checkpoint=/path/to/llama-7b --set mesh.model=8 --workdir runs/commonsense_more_llama7b
+# python -m morejax.commands train configs/commonsense_more_llama7b.py \
+#     --set model.checkpoint=/path/to/llama-7b --set mesh.model=8 \
+#     --workdir runs/commonsense_more_llama7b
 """MoRe paper Table 1: LLaMA-7B on commonsense_170k, MoRe nb4 r4 on q,k,v (3,145,728
 params, 0.047%), adapter output dropout 0.1, LLM-Adapters recipe (batch 16, 3 epochs,
 cutoff 256). The frozen base is bf16 and can be sharded over a 'model' mesh axis."""

@@ -63,7 +63,9 @@ class Checkpoints:
             create=True,
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("adapters", "optimizer", "meta", "data", "config")
+            self.directory,
+            options=options,
+            item_names=("adapters", "optimizer", "meta", "data", "config"),
         )
 
     def latest_step(self) -> int | None:

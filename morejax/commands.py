@@ -184,7 +184,9 @@ def cmd_sweep(args) -> int:
                 if vector:
                     base_seed = config.get_path(cfg, "seed")
                     base_lr = config.get_path(cfg, "optimizer.learning_rate")
-                    extra["vmap_seeds"] = tuple(base_seed if s is None else s for s in extra["vmap_seeds"])
+                    extra["vmap_seeds"] = tuple(
+                        base_seed if s is None else s for s in extra["vmap_seeds"]
+                    )
                     extra["vmap_learning_rates"] = tuple(
                         base_lr if x is None else x for x in extra["vmap_learning_rates"]
                     )

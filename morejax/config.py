@@ -171,7 +171,7 @@ def load_module(path: str | Path):
 
 
 def load(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> fdl.Config:
-    """The config of a file with overrides applied (`["a.b=1"]` strings or a `{path: value}` dict)."""
+    """A file's config with overrides: `["a.b=1"]` strings or a `{path: value}` dict."""
     cfg = load_module(path).config()
     return apply_overrides(cfg, overrides)
 
@@ -195,7 +195,9 @@ def zipped(**axes: Iterable) -> list[dict]:
     """Axes walked together (equal lengths)."""
     keys, cols = list(axes), [list(v) for v in axes.values()]
     if len({len(c) for c in cols}) > 1:
-        raise ValueError(f"zipped axes differ in length: { {k: len(c) for k, c in zip(keys, cols)} }")
+        raise ValueError(
+            f"zipped axes differ in length: { {k: len(c) for k, c in zip(keys, cols)} }"
+        )
     return [dict(zip(keys, vals)) for vals in zip(*cols)]
 
 
@@ -277,7 +279,7 @@ def _children(value: Any) -> list[tuple[tuple[str, Any], Any]]:
 
 
 def flatten(cfg: Any, *, prefix: list | None = None) -> dict[str, Any]:
-    """`{path: leaf value}` over the whole config, defaults included; buildables add `path.__fn__`."""
+    """`{path: leaf value}` over the config, defaults included; buildables add `path.__fn__`."""
     out, prefix = {}, prefix or []
     if isinstance(cfg, fdl.Buildable):
         fn = fdl.get_callable(cfg)
@@ -309,7 +311,9 @@ def _unknown(cfg: Any, path: str, reason: str) -> ValueError:
     if not near:
         head = path.rsplit(".", 1)[0]
         near = [p for p in paths if p.startswith(head + ".")][:10] or paths[:10]
-    return ValueError(f"unknown config path {path!r} ({reason}); nearest valid paths: {', '.join(near)}")
+    return ValueError(
+        f"unknown config path {path!r} ({reason}); nearest valid paths: {', '.join(near)}"
+    )
 
 
 def get_path(cfg: Any, path: str) -> Any:
@@ -392,7 +396,9 @@ def parse_value(text: str) -> Any:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         factories = _factories()
         if node.func.id not in factories:
-            raise ValueError(f"unknown callable {node.func.id!r} in {text!r}; known: {sorted(factories)}")
+            raise ValueError(
+                f"unknown callable {node.func.id!r} in {text!r}; known: {sorted(factories)}"
+            )
         if node.args:
             raise ValueError(f"{text!r}: pass keyword arguments only")
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}

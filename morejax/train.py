@@ -64,7 +64,9 @@ def base_sharding(mesh, base):
     def spec(x):
         for a in sorted(range(x.ndim), key=lambda a: -x.shape[a]):
             if m > 1 and x.ndim >= 2 and x.shape[a] % m == 0:
-                return NamedSharding(mesh, P(*[("model" if i == a else None) for i in range(x.ndim)]))
+                return NamedSharding(
+                    mesh, P(*[("model" if i == a else None) for i in range(x.ndim)])
+                )
         return NamedSharding(mesh, P())
 
     return jax.tree.map(spec, base)
@@ -106,7 +108,9 @@ def model_from_config(spec):
 
     mod = {"bert": bert, "llama": llama}[spec.family]
     if spec.name not in mod.CONFIGS:
-        raise ValueError(f"unknown {spec.family} config {spec.name!r}; known: {sorted(mod.CONFIGS)}")
+        raise ValueError(
+            f"unknown {spec.family} config {spec.name!r}; known: {sorted(mod.CONFIGS)}"
+        )
     fields = dict(spec.overrides or {}, scan_layers=spec.scan_layers, dtype=spec.dtype)
     if spec.family == "bert":
         cfg = mod.CONFIGS[spec.name].replace(num_labels=spec.num_labels, **fields)
@@ -132,7 +136,9 @@ def load_model(spec, seed: int = 0) -> Loaded:
     from morejax.tokenizer import load_tokenizer
 
     if spec.pretrained:
-        kw = dict(scan_layers=spec.scan_layers, dtype=spec.dtype, seed=seed, **(spec.overrides or {}))
+        kw = dict(
+            scan_layers=spec.scan_layers, dtype=spec.dtype, seed=seed, **(spec.overrides or {})
+        )
         if spec.family == "bert":
             kw.update(head=spec.head, num_labels=spec.num_labels)
         where = spec.checkpoint or spec.name
@@ -148,7 +154,9 @@ def load_model(spec, seed: int = 0) -> Loaded:
     tokenizer = None
     if spec.tokenizer:
         where = spec.tokenizer
-        tokenizer = load_tokenizer(where if os.path.exists(where) else registry.find_model_dir(where))
+        tokenizer = load_tokenizer(
+            where if os.path.exists(where) else registry.find_model_dir(where)
+        )
     return Loaded(model, params, tokenizer, spec.family)
 
 
@@ -212,7 +220,9 @@ def make_optimizer(opt, total_steps: int, adapters) -> optax.GradientTransformat
     groups = [(paths.compile_patterns(p), float(m)) for p, m in (opt.lr_groups or {}).items()]
 
     def group_of(kp, _):
-        hits = [i for i, (pats, _) in enumerate(groups) if paths.matches_any(paths.path_str(kp), pats)]
+        hits = [
+            i for i, (pats, _) in enumerate(groups) if paths.matches_any(paths.path_str(kp), pats)
+        ]
         return f"g{hits[0]}" if hits else "rest"
 
     def build(learning_rate):
@@ -313,7 +323,12 @@ def compile_train_step(member_step, mesh, state, base, vectorised: bool):
     rep = NamedSharding(mesh, P())
     return jax.jit(
         train_step,
-        in_shardings=(state_sh, rep, base_sharding(mesh, base), NamedSharding(mesh, P(None, "data"))),
+        in_shardings=(
+            state_sh,
+            rep,
+            base_sharding(mesh, base),
+            NamedSharding(mesh, P(None, "data")),
+        ),
         out_shardings=(state_sh, rep),
         donate_argnums=(0,),
     )
@@ -520,19 +535,27 @@ def setup(exp: Experiment) -> Setup:
     # Adapters per member (same base: LoRA/MoRe leave it alone, PiSSA/MiLoRA's SVD is fixed).
     adapted = [
         morejax.adapt(
-            loaded.params, exp.all_rules(), seed_keys(s)[0], exclude=exp.exclude, trainable=exp.trainable
+            loaded.params,
+            exp.all_rules(),
+            seed_keys(s)[0],
+            exclude=exp.exclude,
+            trainable=exp.trainable,
         )
         for s in seeds
     ]
     base = adapted[0][0]
-    adapters = adapted[0][1] if not vec else jax.tree.map(lambda *xs: jnp.stack(xs), *[a for _, a in adapted])
+    adapters = (
+        adapted[0][1]
+        if not vec
+        else jax.tree.map(lambda *xs: jnp.stack(xs), *[a for _, a in adapted])
+    )
     loaded.params = None
     if exp.base_dtype != "float32":
         base = morejax.cast(base, jnp.dtype(exp.base_dtype))
     base = jax.device_put(base, base_sharding(mesh, base))
 
     # The evaluation split as global device arrays, built once.
-    granule = mesh.shape["data"] * jax.process_count()
+    granule = math.lcm(mesh.shape["data"], jax.process_count())
     eval_bs = int(math.ceil(exp.data.eval_batch_size / granule) * granule)
     source = load_split(exp.data, exp.data.eval_split, exp.data.eval_limit)
     keys = _BATCH_KEYS[kind]
@@ -581,7 +604,7 @@ def train(
     )
 
     # Training data: this process's rows of each global batch.
-    data_shards = mesh.shape["data"] * jax.process_count()
+    data_shards = math.lcm(mesh.shape["data"], jax.process_count())
     if exp.batch_size % (exp.micro_batches * data_shards):
         raise ValueError(
             f"batch_size {exp.batch_size} does not split into {exp.micro_batches} micro-batches "
@@ -662,13 +685,17 @@ def train(
                 k: np.reshape(local[k], (exp.micro_batches, -1, *np.shape(local[k])[1:]))
                 for k in _BATCH_KEYS[kind]
             }
-            state, metrics = train_step(state, keys, s.base, to_global(mesh, local, P(None, "data")))
+            state, metrics = train_step(
+                state, keys, s.base, to_global(mesh, local, P(None, "data"))
+            )
             step += 1
             window.append(metrics)
             if step % max(exp.log_every, 1) == 0 or step == end:
                 window = jax.device_get(window)
                 row = {k: np.mean([m[k] for m in window], axis=0) for k in window[0]}
-                row["tokens_per_s"] = tokens * jax.process_count() / max(time.time() - t_window, 1e-9)
+                row["tokens_per_s"] = (
+                    tokens * jax.process_count() / max(time.time() - t_window, 1e-9)
+                )
                 logger.write(step, "train", row)
                 if bar is not None:
                     bar.set_postfix(loss=_fmt(row["loss"]), tok_s=f"{row['tokens_per_s']:.0f}")
@@ -726,7 +753,9 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best
         adapters = ckpt.restore_adapters(step, like)
     finally:
         ckpt.close()
-    eval_step = compile_eval_step(make_forward(s.loaded.model, s.loaded.family), s.kind, s.n_members is not None)
+    eval_step = compile_eval_step(
+        make_forward(s.loaded.model, s.loaded.family), s.kind, s.n_members is not None
+    )
     results = evaluate(exp, eval_step, adapters, s.base, s.dev_batches, s.n_members)
     return {"step": step, "checkpoint": str(ckpt.step_dir(step)), "results": results}
 
@@ -737,7 +766,9 @@ def param_summary(exp: Experiment):
 
     def adapt(params):
         key = jax.random.key(exp.seed)
-        return morejax.adapt(params, exp.all_rules(), key, exclude=exp.exclude, trainable=exp.trainable)
+        return morejax.adapt(
+            params, exp.all_rules(), key, exclude=exp.exclude, trainable=exp.trainable
+        )
 
     base, adapters = jax.eval_shape(adapt, shapes)
     return morejax.summarize(base, adapters)

@@ -112,7 +112,9 @@ def _totals(capsys, path, *sets):
         argv += ["--set", s]
     assert commands.main(argv) == 0
     out = capsys.readouterr().out
-    return {line.split(":")[0]: int(line.split(":")[1].replace(",", "")) for line in out.splitlines()}
+    return {
+        line.split(":")[0]: int(line.split(":")[1].replace(",", "")) for line in out.splitlines()
+    }
 
 
 def test_params_reproduces_the_papers_counts_without_weights(capsys):

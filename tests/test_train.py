@@ -43,7 +43,10 @@ def test_schedules_warm_up_then_decay():
 
 
 def test_weight_decay_mask_and_learning_rate_groups():
-    params = {"head": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}, "x": {"kernel": jnp.ones(3)}}
+    params = {
+        "head": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)},
+        "x": {"kernel": jnp.ones(3)},
+    }
     opt = _opt(
         learning_rate=0.1,
         schedule="constant",
@@ -84,7 +87,9 @@ def _tiny_step(micro_batches: int):
     opt = _opt(learning_rate=0.1, warmup_steps=0, weight_decay=0.1, clip_norm=0.05)
     tx = train.make_optimizer(opt, 10, adapters)
     shape = train.schedule_shape(opt, 10)
-    step = train.make_member_step(train.make_forward(model, "bert"), "classification", tx, shape, False)
+    step = train.make_member_step(
+        train.make_forward(model, "bert"), "classification", tx, shape, False
+    )
     split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
     new, _, metrics = jax.jit(step)(adapters, tx.init(adapters), 0, jax.random.key(2), base, split)
     return new, metrics
@@ -175,9 +180,13 @@ def test_resume_after_a_stop_is_bit_identical(shared_data, runs):
 
 def test_eight_devices_give_the_same_loss_curve(shared_data, runs, tmp_path):
     one = runs("one")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT)
+    )
     cmd = [sys.executable, "-m", "morejax.commands", "train", SMOKE, "--workdir", str(tmp_path)]
-    proc = subprocess.run(cmd + ["--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd + ["--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "devices 8" in proc.stdout and "'data': 8" in proc.stdout
     loss_1 = [r["loss"] for r in _rows(one, "train")]
