@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="morejax", description="Parameter-efficient fine-tuning in JAX/Flax."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    from morejax import commands  # the training commands import more; load them only here
+
+    commands.register(subparsers)
     add_generate_parser(subparsers)
     return parser
 
