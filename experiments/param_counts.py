@@ -21,20 +21,50 @@ QKV_BERT = r".*/attention/(query|key|value)/kernel"
 
 # (setting, model, rules, published figure from docs/methods.md)
 SETTINGS = [
-    ("RoBERTa-large, MoRe nb4 r4 on q,k,v", "roberta-large", {QKV_BERT: morejax.MoRe(4, 4)}, "589,824"),
+    (
+        "RoBERTa-large, MoRe nb4 r4 on q,k,v",
+        "roberta-large",
+        {QKV_BERT: morejax.MoRe(4, 4)},
+        "589,824",
+    ),
     ("LLaMA-7B, MoRe nb4 r4 on q,k,v", "llama-7b", {QKV_LLAMA: morejax.MoRe(4, 4)}, "3,145,728"),
     ("LLaMA-7B, MoRe nb4 r8 on q,k,v", "llama-7b", {QKV_LLAMA: morejax.MoRe(4, 8)}, "6,291,456"),
-    ("LLaMA-7B, all 7 projections, MoRe nb4 r4 (current s)", "llama-7b", {ALL7: morejax.MoRe(4, 4)}, "9,994,240"),
+    (
+        "LLaMA-7B, all 7 projections, MoRe nb4 r4 (current s)",
+        "llama-7b",
+        {ALL7: morejax.MoRe(4, 4)},
+        "9,994,240",
+    ),
     (
         "LLaMA-7B, all 7 projections, MoRe nb4 r4 (paper-time s)",
         "llama-7b",
         {ALL7: morejax.MoRe(4, 4, block_out="paper")},
         "11,206,656",
     ),
-    ("LLaMA-7B, LoRA r=32 on q,k,v,up,down", "llama-7b", {QKVUD: morejax.LoRA(32, 64.0)}, "53.3M (0.83%)"),
-    ("LLaMA-2-7B, MiLoRA r=32 on q,k,v,up,down", "llama-2-7b", {QKVUD: morejax.MiLoRA(32)}, "56.1M (0.83%)"),
-    ("LLaMA-3-8B, MiLoRA r=32 on q,k,v,up,down", "llama-3-8b", {QKVUD: morejax.MiLoRA(32)}, "56.6M (0.70%)"),
-    ("LLaMA-2-7B, MiLoRA r=64 on q,k,v,up,down", "llama-2-7b", {QKVUD: morejax.MiLoRA(64)}, "112.2M (1.67%)"),
+    (
+        "LLaMA-7B, LoRA r=32 on q,k,v,up,down",
+        "llama-7b",
+        {QKVUD: morejax.LoRA(32, 64.0)},
+        "53.3M (0.83%)",
+    ),
+    (
+        "LLaMA-2-7B, MiLoRA r=32 on q,k,v,up,down",
+        "llama-2-7b",
+        {QKVUD: morejax.MiLoRA(32)},
+        "56.1M (0.83%)",
+    ),
+    (
+        "LLaMA-3-8B, MiLoRA r=32 on q,k,v,up,down",
+        "llama-3-8b",
+        {QKVUD: morejax.MiLoRA(32)},
+        "56.6M (0.70%)",
+    ),
+    (
+        "LLaMA-2-7B, MiLoRA r=64 on q,k,v,up,down",
+        "llama-2-7b",
+        {QKVUD: morejax.MiLoRA(64)},
+        "112.2M (1.67%)",
+    ),
 ]
 
 

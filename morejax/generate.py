@@ -334,3 +334,48 @@ def generate_text(
         ids = row[: n - 1] if stopped else row[:n]
         texts.append(tokenizer.decode(ids.tolist(), skip_special_tokens=True))
     return texts
+
+
+# ----------------------------------------------------------------------------- adapted models
+
+
+@functools.lru_cache(maxsize=32)
+def adapted_apply_fn(model, merged: bool = False) -> ApplyFn:
+    """An apply_fn over ``{'base', 'adapters'}`` params (memoised: one jit per model)."""
+    import morejax
+
+    def apply_fn(params, ids_BxL, mask_BxL, positions_BxL, cache):
+        return morejax.call(
+            model.apply,
+            params["base"],
+            params["adapters"],
+            ids_BxL,
+            mask_BxL,
+            positions_BxL,
+            cache,
+            merged=merged,
+        )
+
+    return apply_fn
+
+
+def text_generator(
+    pretrained, base=None, adapters=None, *, max_new_tokens=32, merged=False, **kwargs
+) -> Callable[[list[str]], list[str]]:
+    """``prompts -> continuations`` by greedy decoding, for ``reasoning.evaluate``.
+
+    With ``adapters`` the model runs adapted (factored unless ``merged``); ``base``
+    defaults to the pretrained params.
+    """
+    model, params, _ = _unpack(pretrained)
+    extra = {}
+    if adapters is not None:
+        base = params if base is None else base
+        extra = dict(
+            apply_fn=adapted_apply_fn(model, merged), params={"base": base, "adapters": adapters}
+        )
+
+    def generate_fn(prompts):
+        return generate_text(pretrained, prompts, max_new_tokens, **extra, **kwargs)
+
+    return generate_fn
