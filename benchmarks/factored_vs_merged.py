@@ -59,7 +59,8 @@ def main():
     x = jnp.ones((args.tokens, args.width))
     params = model.init(jax.random.key(0), x)["params"]
     print(f"{args.layers} layers x {args.width} wide, {args.tokens} tokens, {jax.devices()[0]}")
-    print("| method | factored GFLOP | merged GFLOP | FLOP ratio | factored ms | merged ms | time ratio |")
+    cols = "factored GFLOP | merged GFLOP | FLOP ratio | factored ms | merged ms | time ratio"
+    print(f"| method | {cols} |")
     print("|---|---|---|---|---|---|---|")
     for method in [morejax.MoRe(4, 4), morejax.LoRA(16, 16.0), morejax.DoRA(16, 16.0)]:
         base, adapters = morejax.adapt(params, {r".*/kernel": method}, jax.random.key(0))

@@ -14,13 +14,13 @@ def config():
     cfg.batch_size = 32
     cfg.epochs = None
     cfg.steps = 500
-    cfg.eval_every = 250
+    cfg.eval_every = 50  # ~5 s each; the best checkpoint on dev is kept, as in the papers
     cfg.dropout = False  # ~20% of a CPU step; a few hundred steps do not overfit
-    cfg.optimizer.learning_rate = 1e-3
+    cfg.optimizer.learning_rate = 4e-3  # 1e-3 / 2e-3 reached 82.2% / 83.4% in 500 steps
     cfg.optimizer.schedule = "cosine"
     return cfg
 
 
 def sweep():
     """Learning rates x seeds (`sweep` runs each point; `--vectorize` runs them in one program)."""
-    return product(**{"optimizer.learning_rate": [5e-4, 1e-3], "seed": [0, 1]})
+    return product(**{"optimizer.learning_rate": [2e-3, 4e-3], "seed": [0, 1]})

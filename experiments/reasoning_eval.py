@@ -17,6 +17,23 @@ from morejax.data import reasoning
 from morejax.models.registry import load_pretrained
 
 
+def restore(config_path: str, workdir: str):
+    """(model, params, tokenizer), frozen base and best adapters of a decoder training run."""
+    from pathlib import Path
+
+    from morejax import checkpointing, config, train
+
+    exp = config.build(config.load(config_path))
+    s = train.setup(exp)
+    metric, mode = train.metric_of(exp)
+    ckpt = checkpointing.Checkpoints(Path(workdir) / "checkpoints", metric=metric, mode=mode)
+    try:
+        adapters = ckpt.restore_adapters(ckpt.resolve("best"), s.adapters)
+    finally:
+        ckpt.close()
+    return (s.loaded.model, None, s.loaded.tokenizer), s.base, adapters
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m")

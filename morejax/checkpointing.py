@@ -124,7 +124,7 @@ class Checkpoints:
         )
 
     def restore(self, step: int, like) -> dict:
-        """State (onto the shardings of `like`), meta and data state of a step."""
+        """State (onto the shardings of `like`), meta, data state and config of a step."""
         out = self.manager.restore(
             step,
             args=ocp.args.Composite(
@@ -134,10 +134,16 @@ class Checkpoints:
                 ),
                 meta=ocp.args.JsonRestore(),
                 data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
             ),
         )
         state = {"adapters": out["adapters"], **out["optimizer"]}
-        return {"state": state, "meta": dict(out["meta"]), "data": out["data"]}
+        return {
+            "state": state,
+            "meta": dict(out["meta"]),
+            "data": out["data"],
+            "config": dict(out["config"] or {}),
+        }
 
     def restore_adapters(self, step: int, like):
         """Only the adapters of a step (evaluation needs no optimizer state)."""

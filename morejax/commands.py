@@ -91,11 +91,13 @@ def cmd_train(args) -> int:
     workdir = Path(args.workdir) if args.workdir else _default_workdir(args)
     out = run_one(cfg, workdir, stop_at=args.stop_at, progress=not args.no_progress)
     final = out["final"]
-    if final:
-        shown = final if isinstance(final, dict) else {"members": final}
-        print("dev " + ", ".join(f"{k} {v}" for k, v in shown.items()))
+    if isinstance(final, dict):
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+        print(f"dev at step {out['step']}: {shown}")
+    elif final:
+        print(f"dev at step {out['step']}, per member: {final}")
     if out["best"] is not None:
-        print(f"best {out['metric']} {out['best']:.4f} at step {out['best_step']}")
+        print(f"best dev {out['metric']} {out['best']:.4f} at step {out['best_step']} (kept)")
     print(f"adapter checkpoint: {out['checkpoint'] or '(none yet)'}; workdir {workdir}")
     print(f"wall time {out['wall_s']:.0f} s, {out['step']} / {out['steps']} steps")
     return 0

@@ -318,12 +318,12 @@ def _unknown(cfg: Any, path: str, reason: str) -> ValueError:
 
 def get_path(cfg: Any, path: str) -> Any:
     node = cfg
-    for i, (kind, key) in enumerate(_parse_path(path)):
-        node = _get(cfg, node, kind, key, path, i)
+    for kind, key in _parse_path(path):
+        node = _get(cfg, node, kind, key, path)
     return node
 
 
-def _get(cfg, node, kind, key, path, i):
+def _get(cfg, node, kind, key, path):
     if kind == "attr":
         if not isinstance(node, fdl.Buildable) or key not in _arguments(node):
             raise _unknown(cfg, path, f"no field {key!r}")
@@ -339,37 +339,33 @@ def set_path(cfg: Any, path: str, value: Any) -> None:
     steps = _parse_path(path)
     if not steps:
         raise ValueError("empty config path")
-    node = cfg
-    for i, (kind, key) in enumerate(steps[:-1]):
-        child = _get(cfg, node, kind, key, path, i)
-        if isinstance(child, tuple):  # tuples are rebuilt so that items can be set
-            child = list(child)
-        elif isinstance(child, Mapping) and not isinstance(child, dict):
-            child = dict(child)
-        elif child is None and steps[i + 1][0] == "item" and isinstance(steps[i + 1][1], str):
-            child = {}  # an unset dict field (e.g. lr_groups=None) gets created
-        _put(node, kind, key, child)
-        node = child
-    kind, key = steps[-1]
+    _set(cfg, cfg, steps, value, path)
+
+
+def _set(cfg, node, steps, value, path):
+    """Set `value` below `node`; returns the node (tuples and unset dicts come back new)."""
+    kind, key = steps[0]
+    if len(steps) > 1:
+        child = _get(cfg, node, kind, key, path)
+        if child is None and steps[1][0] == "item" and isinstance(steps[1][1], str):
+            child = {}  # an unset dict field (e.g. lr_groups=None) is created
+        value = _set(cfg, child, steps[1:], value, path)
     if kind == "attr":
         if not isinstance(node, fdl.Buildable) or key not in _arguments(node):
             raise _unknown(cfg, path, f"no field {key!r}")
         setattr(node, key, value)
-    elif isinstance(node, dict):
-        node[key] = value
-    elif isinstance(node, list):
+        return node
+    if isinstance(node, (list, tuple)):
         if not isinstance(key, int) or not -len(node) <= key < len(node):
             raise _unknown(cfg, path, f"index {key!r} out of range")
+        items = list(node)
+        items[key] = value
+        return items if isinstance(node, list) else tuple(items)
+    if isinstance(node, Mapping):
+        node = node if isinstance(node, dict) else dict(node)
         node[key] = value
-    else:
-        raise _unknown(cfg, path, f"{type(node).__name__} takes no items")
-
-
-def _put(node, kind, key, child):
-    if kind == "attr":
-        setattr(node, key, child)
-    else:
-        node[key] = child
+        return node
+    raise _unknown(cfg, path, f"{type(node).__name__} takes no items")
 
 
 def _factories() -> dict[str, Any]:

@@ -597,10 +597,13 @@ def train(
     mesh, kind, vec = s.mesh, s.kind, s.n_members is not None
     one = (lambda t: jax.tree.map(lambda x: x[0], t)) if vec else (lambda t: t)
     info = morejax.summarize(s.base, one(s.adapters))
+    leaves = jax.tree.leaves(s.base)
+    per_device = sum(x.addressable_shards[0].data.nbytes for x in leaves) / 2**20
     say(
         f"devices {jax.device_count()} ({jax.devices()[0].platform}), mesh {dict(mesh.shape)}; "
         f"adapter params {info.adapter_params:,}, other trainable {info.other_trainable:,}, "
-        f"frozen {info.base_params:,}" + (f"; {s.n_members} members" if vec else "")
+        f"frozen {info.base_params:,} ({sum(x.nbytes for x in leaves) / 2**20:.1f} MiB, "
+        f"{per_device:.1f} MiB per device)" + (f"; {s.n_members} members" if vec else "")
     )
 
     # Training data: this process's rows of each global batch.
@@ -636,6 +639,10 @@ def train(
         state, meta = restored["state"], {**meta, **restored["meta"]}
         stream.set_state(checkpointing.decode_data_state(restored["data"]))
         say(f"resumed at step {int(state['step'])} from {ckpt.directory}")
+        old, new = restored["config"], resolved or {}
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if old and new and changed:
+            say(f"warning: resuming with a changed config: {', '.join(changed)}")
 
     forward = make_forward(s.loaded.model, s.loaded.family)
     member_step = make_member_step(forward, kind, tx, shape, exp.dropout)

@@ -22,6 +22,8 @@ def test_overrides_reach_nested_values():
             "optimizer.lr_groups['head/.*']=2.0",
             "optimizer.schedule=linear",
             "data.buckets=(16, 64)",
+            "data.buckets[1]=48",
+            "optimizer.no_decay[0]='.*/b'",
         ],
     )
     exp = config.build(cfg)
@@ -29,7 +31,8 @@ def test_overrides_reach_nested_values():
     assert exp.optimizer.learning_rate == 3e-4
     assert exp.optimizer.lr_groups == {"head/.*": 2.0}
     assert exp.optimizer.schedule == "linear"
-    assert exp.data.buckets == (16, 64)
+    assert exp.data.buckets == (16, 48)  # items of tuples can be set; they stay tuples
+    assert exp.optimizer.no_decay[0] == ".*/b" and isinstance(exp.optimizer.no_decay, tuple)
     assert exp.all_rules() == {r".*/(query|key|value)/kernel": morejax.MoRe(4, 8)}
 
 
@@ -65,6 +68,14 @@ def test_unknown_paths_name_the_nearest_valid_ones(override, nearest):
     assert nearest in str(e.value)
 
 
+def test_bad_items_and_values_are_reported():
+    cfg = config.load(MAIN)
+    with pytest.raises(ValueError, match="index 5 out of range"):
+        config.apply_overrides(cfg, ["data.buckets[5]=1"])
+    with pytest.raises(ValueError, match="PATH=VALUE"):
+        config.apply_overrides(cfg, ["adapter.rank"])
+
+
 def test_unknown_path_through_the_command_line(capsys):
     rc = commands.main(["params", str(MAIN), "--set", "adapter.rnak=8"])
     err = capsys.readouterr().err
@@ -87,8 +98,8 @@ def test_resolved_config_is_written_as_text_and_json(tmp_path):
 def test_sweep_points_and_names():
     points = config.sweep_points(MAIN)
     assert len(points) == 4
-    assert {p["optimizer.learning_rate"] for p in points} == {5e-4, 1e-3}
-    assert config.point_name(points[0]) == "learning_rate=0.0005,seed=0"
+    assert {p["optimizer.learning_rate"] for p in points} == {2e-3, 4e-3}
+    assert config.point_name(points[0]) == "learning_rate=0.002,seed=0"
     assert config.product(a=[1, 2], b=[3]) == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
     assert config.zipped(a=[1, 2], b=[3, 4]) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
     with pytest.raises(ValueError):

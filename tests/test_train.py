@@ -3,6 +3,7 @@ real SST-2 rows through the command line (1 and 8 devices, eval, stop and resume
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,11 +185,16 @@ def test_eight_devices_give_the_same_loss_curve(shared_data, runs, tmp_path):
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT)
     )
     cmd = [sys.executable, "-m", "morejax.commands", "train", SMOKE, "--workdir", str(tmp_path)]
+    cmd += ["--set", "mesh.model=2"]  # 4-way data parallel x the frozen base split in 2
     proc = subprocess.run(
         cmd + ["--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "devices 8" in proc.stdout and "'data': 8" in proc.stdout
+    assert "devices 8" in proc.stdout and "{'data': 4, 'model': 2}" in proc.stdout
+    total, per_device = map(
+        float, re.search(r"\(([\d.]+) MiB, ([\d.]+) MiB per", proc.stdout).groups()
+    )
+    assert per_device < 0.6 * total  # the frozen base is split over the 'model' axis
     loss_1 = [r["loss"] for r in _rows(one, "train")]
     loss_8 = [r["loss"] for r in _rows(tmp_path, "train")]
     np.testing.assert_allclose(loss_8, loss_1, rtol=2e-5)
