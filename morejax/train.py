@@ -130,6 +130,13 @@ def abstract_params(spec):
     return model, shapes["params"]
 
 
+def kernel_layout(model, family: str, params):
+    """Matrix views of 3-D+ kernels (scanned layers); None when every kernel is 2-D."""
+    if all(x.ndim <= 2 for x in jax.tree.leaves(params)):
+        return None
+    return morejax.kernel_layout(model, *_example_inputs(family))
+
+
 def load_model(spec, seed: int = 0) -> Loaded:
     """Pretrained weights through the registry, or a random init of a named config."""
     from morejax.models import registry
@@ -533,6 +540,7 @@ def setup(exp: Experiment) -> Setup:
     loaded = load_model(exp.model, seed=exp.seed)
 
     # Adapters per member (same base: LoRA/MoRe leave it alone, PiSSA/MiLoRA's SVD is fixed).
+    layout = kernel_layout(loaded.model, loaded.family, loaded.params)
     adapted = [
         morejax.adapt(
             loaded.params,
@@ -540,6 +548,7 @@ def setup(exp: Experiment) -> Setup:
             seed_keys(s)[0],
             exclude=exp.exclude,
             trainable=exp.trainable,
+            layout=layout,
         )
         for s in seeds
     ]
@@ -769,12 +778,18 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best
 
 def param_summary(exp: Experiment):
     """The adapted-parameter summary from shapes alone (no weights are read or allocated)."""
-    _, shapes = abstract_params(exp.model)
+    model, shapes = abstract_params(exp.model)
+    layout = kernel_layout(model, exp.model.family, shapes)
 
     def adapt(params):
         key = jax.random.key(exp.seed)
         return morejax.adapt(
-            params, exp.all_rules(), key, exclude=exp.exclude, trainable=exp.trainable
+            params,
+            exp.all_rules(),
+            key,
+            exclude=exp.exclude,
+            trainable=exp.trainable,
+            layout=layout,
         )
 
     base, adapters = jax.eval_shape(adapt, shapes)

@@ -17,3 +17,19 @@ def test_milora_llama2_r64_share():
     setting = next(s for s in SETTINGS if "r=64" in s[0])
     n, total = count(setting[1], setting[2])
     assert round(n / 1e6, 1) == 112.2 and round(100 * n / total, 2) == 1.67
+
+
+def test_scanned_layout_counts_the_same_through_the_params_command(capsys):
+    from morejax import commands
+
+    rc = commands.main(
+        [
+            "params",
+            "configs/commonsense_more_llama7b.py",
+            "--set",
+            "model.scan_layers=True",
+            "--totals",
+        ]
+    )
+    assert rc == 0
+    assert "3,145,728" in capsys.readouterr().out

@@ -345,3 +345,35 @@ def test_errors_name_the_problem():
         it_enc([], batch_size=1)
     with pytest.raises(TypeError, match="tokenizers.Tokenizer"):
         P.EncoderCollator(object())
+
+
+# ----------------------------------------------------------------------------- length grouping
+
+
+def test_group_by_length_pads_less_sees_everything_and_resumes():
+    src = glue_source(96, pairs=False)
+    kw = dict(batch_size=8, seed=3, epochs=2, buckets=(8, 16, 32, 64))
+    plain = list(it_enc(src, **kw))
+    grouped = list(it_enc(src, group_by_length=12, **kw))
+    padded = lambda bs: sum(b["input_ids"].size for b in bs)
+    assert padded(grouped) < 0.8 * padded(plain)
+    for epoch in (grouped[:12], grouped[12:]):
+        assert sorted(i for b in epoch for i in b["index"].tolist()) == list(range(96))
+    assert index_rows(grouped[:12]) != index_rows(grouped[12:])  # reshuffled per epoch
+    it = it_enc(src, group_by_length=12, **kw)
+    head = [next(it) for _ in range(7)]
+    tail = list(it_enc(src, group_by_length=12, state=it.get_state(), **kw))
+    assert index_rows(head + tail) == index_rows(grouped)
+    with pytest.raises(ValueError, match="group_by_length"):
+        it_enc(src, state=it.get_state(), **kw)
+
+
+def test_group_by_length_sorts_evaluation_and_counts_each_once():
+    src = glue_source(45, pairs=False)
+    batches = list(
+        it_enc(src, batch_size=8, shuffle=False, drop_remainder=False, group_by_length=1)
+    )
+    seen = [i for b in batches for i, v in zip(b["index"], b["valid"]) if v]
+    assert sorted(seen) == list(range(45))
+    lengths = [len(src[i]["text_a"]) for i in seen]
+    assert lengths == sorted(lengths, reverse=True)

@@ -266,6 +266,12 @@ class BatchIterator:
     with ``valid=0`` rows, so every example is seen exactly once over all processes.
     ``epochs=None`` repeats forever. ``num_threads`` > 0 prepares up to ``prefetch``
     batches ahead in grain threads (tokenizers releases the GIL); 0 runs inline.
+
+    ``group_by_length=W`` (with a ``length_fn``) sorts each window of W batches of
+    the epoch's order by length and then shuffles the batches, so a batch holds
+    examples of similar length and pads to a small bucket: far less padding when
+    lengths vary (SST-2 phrases), with the same examples per epoch. Without
+    shuffling it sorts the whole split (evaluation order does not matter).
     """
 
     def __init__(
@@ -283,6 +289,8 @@ class BatchIterator:
         num_threads: int = 1,
         prefetch: int = 2,
         state: dict | None = None,
+        group_by_length: int = 0,
+        length_fn: Callable[[dict], int] | None = None,
     ):
         self.source = source
         self.collate = collate
@@ -316,6 +324,12 @@ class BatchIterator:
         # Indexing past n reshuffles with seed + epoch; range maps i to i % n.
         self._order = order.shuffle(seed=self.seed) if self.shuffle else order
         stop = sys.maxsize if self.num_steps is None else self.num_steps
+        if group_by_length and length_fn is None:
+            raise ValueError("group_by_length needs a length_fn (example -> length)")
+        self.group_by_length = int(group_by_length)
+        self._length_fn = length_fn
+        self._lengths: np.ndarray | None = None
+        self._epoch_cache: tuple[int, np.ndarray] | None = None
         self._batches = grain.MapDataset.range(0, stop).map(self._make_batch)
         self._read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
         self._threads = num_threads
@@ -330,13 +344,44 @@ class BatchIterator:
         n, b = self.num_examples, self.local_batch_size
         positions = k * self.batch_size + self.process_index * b + np.arange(b)
         valid = positions < n
-        index = [int(self._order[epoch * n + int(q)]) for q in positions % n]
+        if self.group_by_length:
+            order = self._grouped_order(epoch)
+            index = [int(order[q]) for q in positions % n]
+        else:
+            index = [int(self._order[epoch * n + int(q)]) for q in positions % n]
         batch = self.collate([self.source[i] for i in index])
         batch["valid"] = valid.astype(np.int32)
         batch["index"] = np.where(valid, np.asarray(index, np.int32), -1).astype(np.int32)
         if "idx" in batch:
             batch["idx"] = np.where(valid, batch["idx"], -1).astype(np.int32)
         return batch
+
+    def _grouped_order(self, epoch: int) -> np.ndarray:
+        """The epoch's example order with length-grouped batches: a pure function of
+        (seed, epoch), so resuming and process sharding work as without grouping."""
+        cached = self._epoch_cache
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
+        n, size = self.num_examples, self.batch_size
+        if self._lengths is None:
+            self._lengths = np.asarray([self._length_fn(self.source[i]) for i in range(n)])
+        order = np.asarray([int(self._order[epoch * n + q]) for q in range(n)])
+        if not self.shuffle:
+            order = order[np.argsort(-self._lengths[order], kind="stable")]
+        else:
+            window = self.group_by_length * size
+            order = np.concatenate(
+                [
+                    chunk[np.argsort(-self._lengths[chunk], kind="stable")]
+                    for chunk in np.split(order, range(window, n, window))
+                ]
+            )
+            full = (n // size) * size
+            rng = np.random.default_rng([self.seed, epoch])
+            batches = order[:full].reshape(-1, size)[rng.permutation(n // size)]
+            order = np.concatenate([batches.reshape(-1), order[full:]])
+        self._epoch_cache = (epoch, order)
+        return order
 
     def __iter__(self):
         return self
@@ -374,6 +419,7 @@ class BatchIterator:
             "shuffle": self.shuffle,
             "num_examples": self.num_examples,
             "batch_size": self.batch_size,
+            "group_by_length": self.group_by_length,
         }
 
     def set_state(self, state: dict) -> None:
@@ -386,6 +432,7 @@ class BatchIterator:
             ("shuffle", self.shuffle),
             ("num_examples", self.num_examples),
             ("batch_size", self.batch_size),
+            ("group_by_length", self.group_by_length),
         ):
             if key in state and state[key] != mine:
                 raise ValueError(
@@ -425,6 +472,7 @@ def encoder_batches(
     num_threads: int = 1,
     prefetch: int = 2,
     state: dict | None = None,
+    group_by_length: int = 0,
 ) -> BatchIterator:
     """Training batches for an encoder classifier/regressor from GLUE examples."""
     collate = EncoderCollator(
@@ -443,6 +491,8 @@ def encoder_batches(
         num_threads=num_threads,
         prefetch=prefetch,
         state=state,
+        group_by_length=group_by_length,
+        length_fn=lambda ex: len(ex["text_a"]) + len(ex.get("text_b") or ""),
     )
 
 
@@ -465,6 +515,7 @@ def decoder_batches(
     num_threads: int = 1,
     prefetch: int = 2,
     state: dict | None = None,
+    group_by_length: int = 0,
 ) -> BatchIterator:
     """Causal-LM training batches (loss on the response) from prompt/response examples."""
     collate = DecoderCollator(
@@ -488,6 +539,8 @@ def decoder_batches(
         num_threads=num_threads,
         prefetch=prefetch,
         state=state,
+        group_by_length=group_by_length,
+        length_fn=lambda ex: len(ex["prompt"]) + len(ex["response"]),
     )
 
 
