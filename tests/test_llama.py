@@ -295,3 +295,17 @@ def test_hf_rename_paths():
         ("model.layers.0.self_attn.o_proj.weight", 0),
         ("model.layers.1.self_attn.o_proj.weight", 1),
     ]
+
+
+def test_registry_loads_a_local_llama_folder(tmp_path):
+    from morejax.models.registry import load_pretrained
+
+    params = tiny_params(TINY)
+    llama.save_hf_checkpoint(params, TINY, tmp_path / "ckpt")
+    pre = load_pretrained(str(tmp_path / "ckpt"), scan_layers=True)
+    assert isinstance(pre.model, llama.LlamaForCausalLM) and pre.config.scan_layers
+    want = params["layers_0"]["self_attn"]["q_proj"]["kernel"]
+    got = pre.params["layers"]["self_attn"]["q_proj"]["kernel"][0]
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.raises(ValueError, match="causal LM"):
+        load_pretrained(str(tmp_path / "ckpt"), head="classification")

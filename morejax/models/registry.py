@@ -65,7 +65,7 @@ def load_pretrained(
     normalize: bool = True,
     **config_overrides,
 ) -> Pretrained:
-    """Loads a short name ('minilm-l6', 'smollm2-135m') or a local HF BERT/RoBERTa dir.
+    """Loads a short name ('minilm-l6', 'smollm2-135m') or a local HF BERT/RoBERTa/LLaMA dir.
 
     ``head`` picks the encoder's task model: None/'encoder' (hidden states),
     'classification' (``BertForSequenceClassification``; set ``num_labels``) or
@@ -83,6 +83,10 @@ def load_pretrained(
         path = find_model_dir(name)
     elif os.path.isdir(name):
         path = Path(name)
+        if _model_type(path) == "llama":
+            if head not in (None, "lm"):
+                raise ValueError(f"{path} is a causal LM; head {head!r} is not available")
+            return _load_llama_dir(path, scan_layers, dtype, param_dtype, config_overrides)
     else:
         raise ValueError(
             f"unknown pretrained model {name!r}: use one of {sorted(PRETRAINED)} "
@@ -160,6 +164,34 @@ def _load_bert_dir(
 
         tokenizer = load_tokenizer(path)
     return Pretrained(name=name, config=config, model=model, params=params, tokenizer=tokenizer)
+
+
+def _model_type(path: Path) -> str | None:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return None
+    return json.loads(config_file.read_text()).get("model_type")
+
+
+def _load_llama_dir(path: Path, scan_layers, dtype, param_dtype, overrides: dict) -> Pretrained:
+    """A Hugging Face LLaMA-family folder (LLaMA-1/2/3, SmolLM2 safetensors)."""
+    from morejax.models import llama
+
+    kw = dict(overrides, scan_layers=scan_layers)
+    kw.update({k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v})
+    config, params = llama.load_hf_checkpoint(path, **kw)
+    tokenizer = None
+    if (path / "tokenizer.json").is_file():
+        from morejax.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(path)
+    return Pretrained(
+        name=str(path),
+        config=config,
+        model=llama.LlamaForCausalLM(config),
+        params=params,
+        tokenizer=tokenizer,
+    )
 
 
 def _load_smollm2(scan_layers, dtype, param_dtype, overrides: dict) -> Pretrained:
