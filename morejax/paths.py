@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 
@@ -27,6 +28,17 @@ def path_str(keypath) -> str:
 def flatten(tree) -> dict[str, object]:
     """Leaves by path string, in tree order."""
     return {path_str(kp): leaf for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def unflatten(flat: Mapping[tuple, Any]) -> dict:
+    """Nested dicts from {key tuple: leaf}; the inverse of a dict tree's flattening."""
+    out: dict = {}
+    for path, leaf in flat.items():
+        node = out
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = leaf
+    return out
 
 
 def compile_patterns(patterns: Iterable[str] | str) -> list[re.Pattern]:

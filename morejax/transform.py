@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from morejax.methods import Full
-from morejax.paths import compile_patterns, matches_any
+from morejax.paths import compile_patterns, matches_any, unflatten
 
 ADAPTER_SUFFIX = "@adapter"  # a kernel's factors sit beside it in `params` as `kernel@adapter`
 ALL_LINEAR = "all-linear"
@@ -82,16 +82,6 @@ def _key(k):
     return (
         k.key if isinstance(k, jax.tree_util.DictKey) else getattr(k, "name", getattr(k, "idx", k))
     )
-
-
-def _nest(flat: Mapping[tuple, Any]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = v
-    return out
 
 
 def _s(path: tuple) -> str:
@@ -222,7 +212,7 @@ def adapt(params, rules, key, *, exclude=(), trainable=(), layout=None):
             f"trainable patterns {list(trainable)} matched no parameter; paths look like "
             f"{[_s(p) for p in list(flat)[:8]]}"
         )
-    return _nest(base), _nest(adapters)
+    return unflatten(base), unflatten(adapters)
 
 
 def _delta_full(adapter: Adapter, kernel):
@@ -249,7 +239,7 @@ def merge(base, adapters):
             flat[path] = (k.astype(jnp.float32) + _delta_full(a, k)).astype(k.dtype)
         else:
             flat[path] = a
-    return _nest(flat)
+    return unflatten(flat)
 
 
 def unmerge(params, adapters):
@@ -266,7 +256,7 @@ def unmerge(params, adapters):
             flat[path] = (k.astype(jnp.float32) - _delta_full(a, k)).astype(k.dtype)
         else:
             del flat[path]
-    return _nest(flat)
+    return unflatten(flat)
 
 
 # ------------------------------------------------------------------------ factored call (Linen)
@@ -282,8 +272,8 @@ def _factored_params(base, adapters):
             table[_s(path[:-1])] = (a.method, a.layout, path[-1])
         else:
             flat[path] = a
-    # `_nest` treats the factor dicts as leaves; they are plain dicts Flax can slice under scan.
-    return _nest(flat), table
+    # `unflatten` treats the factor dicts as leaves; they are plain dicts Flax can slice under scan.
+    return unflatten(flat), table
 
 
 def _matrix_call(method, params, x, kernel, n_in: int, rng):
@@ -435,7 +425,7 @@ def nnx_call(fn: Callable, graphdef, base, adapters, rest, *args, merged=False, 
             wrapped.append((path[:-1], a))
         else:
             flat[path] = a
-    model = nnx.merge(graphdef, _nest(flat), rest)
+    model = nnx.merge(graphdef, unflatten(flat), rest)
     for i, (module_path, a) in enumerate(wrapped):
         module = model
         for k in module_path:

@@ -19,6 +19,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from morejax.paths import unflatten
+
 __all__ = [
     "Rename",
     "InverseRename",
@@ -141,14 +143,7 @@ def flatten_tree(tree: Mapping) -> dict[tuple[str, ...], Any]:
     return out
 
 
-def unflatten_tree(flat: Mapping[tuple[str, ...], Any]) -> dict:
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = leaf
-    return out
+unflatten_tree = unflatten
 
 
 def _path(p: tuple[str, ...]) -> str:
