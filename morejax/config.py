@@ -59,6 +59,9 @@ class Data:
     None lets TFDS download. `data_dir` is the TFDS folder (None: ~/tensorflow_datasets).
     `train_limit` / `eval_limit` keep the first N examples (smoke runs, tests).
     `pipeline` passes extra keyword arguments to the batching functions.
+    `generate_sets` (reasoning): sets whose test records are also answered by greedy
+    generation at every evaluation, scored like the papers' tables (`accuracy` = the
+    average over sets); `generate_limit` keeps the first N records of each.
     """
 
     kind: str = "glue"
@@ -75,6 +78,9 @@ class Data:
     seed: int = 0
     num_threads: int = 1
     pipeline: dict | None = None
+    generate_sets: tuple[str, ...] = ()
+    generate_limit: int | None = None
+    generate_tokens: int = 32
 
 
 @dataclasses.dataclass

@@ -415,7 +415,9 @@ def batches(data, kind: str, source, tokenizer, batch_size: int, *, train: bool)
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(exp, eval_step, adapters, base, dev_batches, n_members: int | None) -> list[dict]:
+def evaluate(
+    exp, eval_step, adapters, base, dev_batches, n_members: int | None, loaded=None
+) -> list[dict]:
     """The task metric on the evaluation split; one dict per member (one for a single run)."""
     outs, labels, valid = [], [], []
     for batch in dev_batches:
@@ -430,13 +432,41 @@ def evaluate(exp, eval_step, adapters, base, dev_batches, n_members: int | None)
     for o in out if n_members else out[None]:
         o = o[keep]
         if task_kind(exp) == "lm":
-            loss = float(o[:, 0].sum() / max(o[:, 1].sum(), 1.0))
+            if o[:, 1].sum() == 0:
+                raise ValueError(
+                    f"no response tokens in the evaluation split after truncation to "
+                    f"data.max_len={exp.data.max_len}: raise data.max_len"
+                )
+            loss = float(o[:, 0].sum() / o[:, 1].sum())
             results.append({"loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))})
+            if exp.data.generate_sets and loaded is not None:
+                member = len(results) - 1
+                mine = jax.tree.map(lambda a, m=member: a[m], adapters) if n_members else adapters
+                results[-1].update(generation_accuracy(exp.data, loaded, base, mine))
         else:
             from morejax.metrics import glue_metrics
 
             results.append(glue_metrics(exp.data.task, o, y))
     return results
+
+
+def generation_accuracy(data, loaded, base, adapters) -> dict:
+    """Accuracy per reasoning set by greedy generation with the adapters, and the average."""
+    from morejax import generate
+    from morejax.data import reasoning
+
+    pretrained = (loaded.model, None, loaded.tokenizer)
+    generate_fn = generate.text_generator(
+        pretrained, base, adapters, max_new_tokens=data.generate_tokens
+    )
+    scores = reasoning.evaluate(
+        generate_fn,
+        list(data.generate_sets),
+        root=data.local_dir,
+        limit=data.generate_limit,
+        batch_size=data.eval_batch_size,
+    )
+    return {"accuracy": scores.pop("average"), **{f"accuracy/{k}": v for k, v in scores.items()}}
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -512,7 +542,10 @@ def seed_keys(seed: int):
 
 
 def metric_of(exp: Experiment) -> tuple[str, str]:
-    name = exp.metric or ("loss" if task_kind(exp) == "lm" else "score")
+    default = "score"
+    if task_kind(exp) == "lm":
+        default = "accuracy" if exp.data.generate_sets else "loss"
+    name = exp.metric or default
     return name, "min" if name in ("loss", "perplexity") else "max"
 
 
@@ -660,7 +693,9 @@ def train(
     logger = Logger(workdir)
 
     def run_eval(step: int) -> list[dict]:
-        results = evaluate(exp, eval_step, state["adapters"], s.base, s.dev_batches, s.n_members)
+        results = evaluate(
+            exp, eval_step, state["adapters"], s.base, s.dev_batches, s.n_members, s.loaded
+        )
         row = results[0] if not vec else {k: [r[k] for r in results] for k in results[0]}
         logger.write(step, "eval", row)
         say(f"step {step}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in row.items()))
@@ -772,7 +807,7 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best
     eval_step = compile_eval_step(
         make_forward(s.loaded.model, s.loaded.family), s.kind, s.n_members is not None
     )
-    results = evaluate(exp, eval_step, adapters, s.base, s.dev_batches, s.n_members)
+    results = evaluate(exp, eval_step, adapters, s.base, s.dev_batches, s.n_members, s.loaded)
     return {"step": step, "checkpoint": str(ckpt.step_dir(step)), "results": results}
 
 
