@@ -1,4 +1,4 @@
-# python -m morejax.commands train configs/smoke_tiny_lm.py --set model.tokenizer=PATH/tokenizer.json
+# python -m morejax.commands train configs/smoke_tiny_lm.py --set model.tokenizer=TOKENIZER_JSON
 """A seconds-long decoder run: a one-layer random LLaMA on 64 ARC-Easy training records,
 loss on the responses, evaluated by loss and by greedy generation (accuracy per set).
 Tests use it with a small BPE tokenizer they train (vocab 1024)."""
