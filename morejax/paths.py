@@ -49,9 +49,3 @@ def compile_patterns(patterns: Iterable[str] | str) -> list[re.Pattern]:
 
 def matches_any(path: str, patterns: list[re.Pattern]) -> bool:
     return any(p.fullmatch(path) for p in patterns)
-
-
-def regex_mask(tree, patterns: Iterable[str] | str):
-    """A bool pytree: True where the leaf's path fullmatches one of `patterns` (optax masks)."""
-    compiled = compile_patterns(patterns)
-    return jax.tree_util.tree_map_with_path(lambda kp, _: matches_any(path_str(kp), compiled), tree)

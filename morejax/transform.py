@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from morejax.methods import Full
 from morejax.paths import compile_patterns, matches_any, unflatten
@@ -518,17 +517,8 @@ def count_trainable(adapters) -> int:
     return count_params(adapters)
 
 
-def trainable_mask(adapters):
-    """True for every adapter leaf: handy for optax masks over (base, adapters) pairs."""
-    return jax.tree.map(lambda _: True, adapters)
-
-
 def cast(tree, dtype):
     """Cast floating leaves (e.g. the frozen base to bf16); integer leaves are left alone."""
     return jax.tree.map(
         lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
     )
-
-
-def as_numpy(tree):
-    return jax.tree.map(np.asarray, tree)
