@@ -9,10 +9,11 @@ adapters are built under jax.eval_shape (SVD inits included).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 import morejax
-from morejax.models import bert, llama
+from morejax import train
+from morejax.config import Model
+from morejax.models import llama
 
 QKV_LLAMA = r".*/self_attn/(q_proj|k_proj|v_proj)/kernel"
 ALL7 = r".*/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel"
@@ -68,17 +69,9 @@ SETTINGS = [
 ]
 
 
-def abstract_params(name: str):
-    if name in llama.CONFIGS:
-        return llama.abstract_params(llama.CONFIGS[name])
-    config = bert.CONFIGS[name]
-    ids = jnp.zeros((1, 8), jnp.int32)
-    model = bert.BertEncoder(config)
-    return jax.eval_shape(model.init, jax.random.key(0), ids)["params"]
-
-
 def count(name: str, rules) -> tuple[int, int]:
-    params = abstract_params(name)
+    family = "llama" if name in llama.CONFIGS else "bert"
+    _, params = train.abstract_params(Model(name=name, family=family, head="encoder"))
     base, adapters = jax.eval_shape(lambda p: morejax.adapt(p, rules, jax.random.key(0)), params)
     summary = morejax.summarize(base, adapters)
     return summary.adapter_params, summary.model_params

@@ -19,18 +19,9 @@ from morejax.models.registry import load_pretrained
 
 def restore(config_path: str, workdir: str):
     """(model, params, tokenizer), frozen base and best adapters of a decoder training run."""
-    from pathlib import Path
+    from morejax import config, train
 
-    from morejax import checkpointing, config, train
-
-    exp = config.build(config.load(config_path))
-    s = train.setup(exp)
-    metric, mode = train.metric_of(exp)
-    ckpt = checkpointing.Checkpoints(Path(workdir) / "checkpoints", metric=metric, mode=mode)
-    try:
-        adapters = ckpt.restore_adapters(ckpt.resolve("best"), s.adapters)
-    finally:
-        ckpt.close()
+    s, _, adapters, _ = train.restore_checkpoint(config.build(config.load(config_path)), workdir)
     return (s.loaded.model, None, s.loaded.tokenizer), s.base, adapters
 
 

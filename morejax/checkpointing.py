@@ -18,6 +18,11 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """Ties go to the later step, as orbax's BestN keeps the later of equal checkpoints."""
+    return best is None or (value >= best if mode == "max" else value <= best)
+
+
 def encode_data_state(state: Any) -> dict:
     """Iterator states as JSON: dicts pass through, bytes (grain) are kept as text."""
     if isinstance(state, bytes):
@@ -81,7 +86,7 @@ class Checkpoints:
             value = self.read_meta(step).get("metrics", {}).get(self.metric)
             if value is None:
                 continue
-            if best is None or (value >= best if self.mode == "max" else value <= best):
+            if is_better(value, best, self.mode):
                 best, best_step = value, step
         return best_step
 

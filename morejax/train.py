@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 
 import morejax
 from morejax import checkpointing, paths
+from morejax.checkpointing import is_better
 from morejax.config import Experiment
 
 # ----------------------------------------------------------------------------- devices
@@ -469,11 +470,6 @@ def generation_accuracy(data, loaded, base, adapters) -> dict:
     return {"accuracy": scores.pop("average"), **{f"accuracy/{k}": v for k, v in scores.items()}}
 
 
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    """Ties go to the later step, as orbax's BestN keeps the later of equal checkpoints."""
-    return best is None or (value >= best if mode == "max" else value <= best)
-
-
 # ----------------------------------------------------------------------------- logging
 
 
@@ -718,6 +714,8 @@ def train(
         ckpt.save(step, state, {**meta, "step": step}, data_state, resolved or {}, metrics)
 
     # The loop.
+    from morejax.data import pipeline
+
     step = int(state["step"])
     end = steps if stop_at is None else min(steps, stop_at)
     last_eval = run_eval(step) if (exp.eval_at_start and step == 0) or step >= steps else None
@@ -731,7 +729,7 @@ def train(
     try:
         while step < end:
             local = next(stream)
-            tokens += int(np.sum(local["attention_mask"] * local["valid"][:, None]))
+            tokens += pipeline.count_tokens(local)
             local = {
                 k: np.reshape(local[k], (exp.micro_batches, -1, *np.shape(local[k])[1:]))
                 for k in _BATCH_KEYS[kind]
@@ -793,8 +791,8 @@ def train(
 # ----------------------------------------------------------------------------- eval / params
 
 
-def evaluate_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best") -> dict:
-    """Restore a checkpoint's adapters ('best', 'latest' or a step) and evaluate them."""
+def restore_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best"):
+    """(setup, step, adapters, checkpoint dir) of a run's checkpoint: 'best', 'latest', a step."""
     s = setup(exp)
     metric, mode = metric_of(exp)
     ckpt = checkpointing.Checkpoints(Path(workdir) / "checkpoints", metric=metric, mode=mode)
@@ -804,11 +802,17 @@ def evaluate_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best
         adapters = ckpt.restore_adapters(step, like)
     finally:
         ckpt.close()
+    return s, step, adapters, ckpt.step_dir(step)
+
+
+def evaluate_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best") -> dict:
+    """Restore a checkpoint's adapters and evaluate them."""
+    s, step, adapters, where = restore_checkpoint(exp, workdir, which)
     eval_step = compile_eval_step(
         make_forward(s.loaded.model, s.loaded.family), s.kind, s.n_members is not None
     )
     results = evaluate(exp, eval_step, adapters, s.base, s.dev_batches, s.n_members, s.loaded)
-    return {"step": step, "checkpoint": str(ckpt.step_dir(step)), "results": results}
+    return {"step": step, "checkpoint": str(where), "results": results}
 
 
 def param_summary(exp: Experiment):

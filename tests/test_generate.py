@@ -142,12 +142,9 @@ def test_generation_with_factored_adapters(tiny, tiny_batch):
     adapters = jax.tree.map(lambda a: a + 0.5, adapters)
     _, init_cache = gen.llama_callables(model)
 
-    def adapted_apply(p, *args):
-        return morejax.call(model.apply, p["base"], p["adapters"], *args)
-
     ids, mask = gen.left_pad(PROMPTS, multiple_of=8)
     factored = gen.generate(
-        adapted_apply,
+        gen.adapted_apply_fn(model),
         {"base": base, "adapters": adapters},
         ids,
         mask,

@@ -158,12 +158,17 @@ def _load_bert_dir(
         init = jax.jit(head_module.init)  # one compile instead of one per RNG op
         params["head"] = init(jax.random.key(seed), hidden_1x1xD)["params"]
 
-    tokenizer = None
-    if (path / "tokenizer.json").is_file():
-        from morejax.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(path)
+    tokenizer = _tokenizer_in(path)
     return Pretrained(name=name, config=config, model=model, params=params, tokenizer=tokenizer)
+
+
+def _tokenizer_in(path: Path):
+    """The folder's tokenizer.json, or None when it ships none."""
+    if not (path / "tokenizer.json").is_file():
+        return None
+    from morejax.tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
 
 
 def _model_type(path: Path) -> str | None:
@@ -180,11 +185,7 @@ def _load_llama_dir(path: Path, scan_layers, dtype, param_dtype, overrides: dict
     kw = dict(overrides, scan_layers=scan_layers)
     kw.update({k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v})
     config, params = llama.load_hf_checkpoint(path, **kw)
-    tokenizer = None
-    if (path / "tokenizer.json").is_file():
-        from morejax.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(path)
+    tokenizer = _tokenizer_in(path)
     return Pretrained(
         name=str(path),
         config=config,
