@@ -2,6 +2,8 @@
 
     python benchmarks/factored_vs_merged.py [--width 512] [--layers 4] [--tokens 1024]
 
+Smoke run (CI): `--width 32 --layers 1 --tokens 16 --repeats 1`.
+
 The factored step computes x@K + Δy(x) and never forms a full weight gradient;
 the merged step differentiates through K + ΔK. Ratios are what to read: absolute
 times drift on a shared CPU.
@@ -49,12 +51,13 @@ def seconds_per_step(step, adapters, base, repeats=5):
     return (time.perf_counter() - start) / repeats
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=1024)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per program")
+    args = parser.parse_args(argv)
     model = Stack(args.width, args.layers)
     x = jnp.ones((args.tokens, args.width))
     params = model.init(jax.random.key(0), x)["params"]
@@ -69,7 +72,7 @@ def main():
             step = compiled_step(model, x, base, adapters, merged)
             cost = step.cost_analysis()
             flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
-            row.append((flops, seconds_per_step(step, adapters, base)))
+            row.append((flops, seconds_per_step(step, adapters, base, args.repeats)))
         (ff, ft), (mf, mt) = row
         name = type(method).__name__
         print(

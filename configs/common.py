@@ -17,14 +17,15 @@ HEAD = (r"head/.*",)
 # ----------------------------------------------------------------------------- models
 
 
-def minilm_l6(num_labels: int = 2) -> fdl.Config:
-    """all-MiniLM-L6-v2 from its pip package (offline), with a fresh classification head."""
+def minilm_l6(num_labels: int | None = None) -> fdl.Config:
+    """all-MiniLM-L6-v2 from its pip package (offline), with a fresh classification head
+    (num_labels None: the task decides)."""
     return fdl.Config(
         Model, name="minilm-l6", family="bert", head="classification", num_labels=num_labels
     )
 
 
-def roberta_large(num_labels: int = 2) -> fdl.Config:
+def roberta_large(num_labels: int | None = None) -> fdl.Config:
     """RoBERTa-large: shapes built in; weights from `model.checkpoint` (a local HF folder)."""
     return fdl.Config(
         Model, name="roberta-large", family="bert", head="classification", num_labels=num_labels
@@ -59,17 +60,27 @@ def glue_data(task: str, **kw) -> fdl.Config:
     return fdl.Config(Data, kind="glue", task=task, local_dir=shared_dir("glue"), **kw)
 
 
+def _no_recipe():
+    from morejax.data import glue
+
+    # WNLI has no paper recipe: RTE-like settings (another small entailment set).
+    return glue.Recipe(lr=5.4e-4, batch_size=16, epochs=20, schedule="cosine")
+
+
+NO_RECIPE = _no_recipe()
+
+
 def glue_recipe(task: str, model: fdl.Config | None = None) -> fdl.Config:
     """The MoRe paper's GLUE recipe: nb4 r4 on q,k,v, head trains, AdamW wd 0.001,
     warmup 0.06, max len 128, fp32, per-task lr/batch/epochs/schedule, best on validation."""
     from morejax.data import glue
 
     spec = glue.spec(task)
-    r = spec.recipe
+    r = spec.recipe or NO_RECIPE
     return fdl.Config(
         Experiment,
         name=f"glue-{spec.name}-more",
-        model=model or roberta_large(spec.num_labels),
+        model=model or roberta_large(),
         adapter=more(4, 4),
         targets=QKV_BERT,
         trainable=HEAD,
@@ -93,10 +104,9 @@ def glue_task_overrides(task: str) -> dict:
     from morejax.data import glue
 
     spec = glue.spec(task)
-    r = spec.recipe
+    r = spec.recipe or NO_RECIPE
     return {
         "data.task": spec.name,
-        "model.num_labels": spec.num_labels,
         "optimizer.learning_rate": r.lr,
         "optimizer.schedule": r.schedule,
         "batch_size": r.batch_size,
@@ -114,7 +124,17 @@ def reasoning_recipe(
     weight_decay: float = 0.0,
 ) -> fdl.Config:
     """LLM-Adapters style fine-tuning: batch 16, 3 epochs, cutoff 256, linear schedule,
-    100 warmup steps, frozen base in bf16 sharded over a 'model' axis."""
+    100 warmup steps, frozen base in bf16 sharded over a 'model' axis.
+
+    Trains on the task's 'train' split (the file minus a held-out slice), reports loss on
+    that slice ('validation') and scores the papers' test sets by greedy generation
+    (`reasoning.mixture_test_sets`: 32 new tokens for commonsense answers, 256 for worked
+    arithmetic, like LLM-Adapters' evaluation scripts). With eval_every=0 that happens
+    once, at the end; with periodic evaluation, metric='loss' picks the best checkpoint
+    by validation loss instead of by test accuracy."""
+    from morejax.data import reasoning
+
+    sets = reasoning.mixture_test_sets(task)
     return fdl.Config(
         Experiment,
         name=f"{task}-{fdl.get_callable(adapter).__name__.lower()}",
@@ -126,7 +146,10 @@ def reasoning_recipe(
             kind="reasoning",
             task=task,
             local_dir=shared_dir("llm-adapters"),
-            eval_split="test",
+            train_split="train",
+            eval_split="validation",
+            generate_sets=sets,
+            generate_tokens=32 if set(sets) <= set(reasoning.COMMONSENSE_SETS) else 256,
             max_len=256,
             eval_batch_size=16,
         ),

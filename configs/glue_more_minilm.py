@@ -8,7 +8,7 @@ from morejax.config import product
 
 
 def config():
-    cfg = common.glue_recipe("sst2", model=common.minilm_l6(num_labels=2))
+    cfg = common.glue_recipe("sst2", model=common.minilm_l6())
     cfg.name = "glue-sst2-more-minilm"
     cfg.data.max_len = 64
     cfg.data.buckets = (16, 32, 48, 64)

@@ -9,7 +9,7 @@ from configs import common
 
 
 def config():
-    return common.glue_recipe("sst2", model=common.roberta_large(num_labels=2))
+    return common.glue_recipe("sst2", model=common.roberta_large())
 
 
 def sweep():

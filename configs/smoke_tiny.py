@@ -3,6 +3,7 @@
 shrunk to one tiny random-init layer, 256 SST-2 training and 64 dev examples. Tests use it."""
 
 from configs import glue_more_minilm
+from morejax.config import zipped
 
 
 def config():
@@ -26,4 +27,5 @@ def config():
 
 
 def sweep():
-    return [{"optimizer.learning_rate": lr} for lr in (1e-3, 3e-3)]
+    """Two points that differ in seed and learning rate (the vectorised sweep covers both)."""
+    return zipped(**{"optimizer.learning_rate": [1e-3, 3e-3], "seed": [0, 1]})

@@ -4,6 +4,7 @@
 
 No weights are read or allocated: params are jax.ShapeDtypeStructs and the
 adapters are built under jax.eval_shape (SVD inits included).
+Shapes only, so the full run is also the smoke run (CI): seconds on a CPU.
 """
 
 from __future__ import annotations

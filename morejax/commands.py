@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 import traceback
@@ -35,6 +36,11 @@ def register(subparsers) -> None:
     p.add_argument("--workdir", help="run directory (default runs/<config name>)")
     p.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a workdir whose checkpoint was made with other config values",
+    )
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="evaluate a run's best or latest checkpoint")
@@ -61,10 +67,7 @@ def register(subparsers) -> None:
 
 
 def _load(args, extra: dict | None = None):
-    cfg = config.load(args.config, args.set)
-    if extra:
-        config.apply_overrides(cfg, extra)
-    return cfg
+    return config.load(args.config, args.set, extra)
 
 
 def _default_workdir(args, suffix: str = "") -> Path:
@@ -74,22 +77,34 @@ def _default_workdir(args, suffix: str = "") -> Path:
 # ----------------------------------------------------------------------------- train / eval
 
 
-def run_one(cfg, workdir: Path, *, stop_at=None, progress=True) -> dict:
+def run_one(cfg, workdir: Path, *, stop_at=None, progress=True, allow_config_change=False):
     """Print and write the resolved config, then train (resuming when the workdir has a run)."""
     from morejax import train
 
+    config.resolve(cfg)
     print("resolved config:\n" + config.to_text(cfg), flush=True)
     exp = config.build(cfg)
     config.write_resolved(cfg, workdir)
     return train.train(
-        exp, workdir, resolved=config.to_json(cfg), stop_at=stop_at, progress=progress
+        exp,
+        workdir,
+        resolved=config.to_json(cfg),
+        stop_at=stop_at,
+        progress=progress,
+        allow_config_change=allow_config_change,
     )
 
 
 def cmd_train(args) -> int:
     cfg = _load(args)
     workdir = Path(args.workdir) if args.workdir else _default_workdir(args)
-    out = run_one(cfg, workdir, stop_at=args.stop_at, progress=not args.no_progress)
+    out = run_one(
+        cfg,
+        workdir,
+        stop_at=args.stop_at,
+        progress=not args.no_progress,
+        allow_config_change=args.allow_config_change,
+    )
     final = out["final"]
     if isinstance(final, dict):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
@@ -162,37 +177,43 @@ def _row(point: dict, out: dict | None, member: int | None, error: str | None) -
     return row
 
 
+def config_key(cfg) -> str:
+    """A short hash of the resolved config: a sweep point's results belong to exactly it."""
+    text = json.dumps(config.to_json(config.resolve(cfg)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _point_config(args, shared: dict, group: list[dict], vector: bool):
+    """(config, folder name) of one program of a sweep."""
+    if not vector:
+        cfg = _load(args, group[0])
+        return cfg, f"{config.point_name(group[0])}-{config_key(cfg)}"
+    cfg = _load(args, shared)
+    base_seed = config.get_path(cfg, "seed")
+    base_lr = config.get_path(cfg, "optimizer.learning_rate")
+    vmap = {
+        "vmap_seeds": tuple(p.get("seed", base_seed) for p in group),
+        "vmap_learning_rates": tuple(p.get("optimizer.learning_rate", base_lr) for p in group),
+    }
+    config.apply_overrides(cfg, vmap)
+    return cfg, f"vmap-{config.point_name(shared)}-{config_key(cfg)}"
+
+
 def cmd_sweep(args) -> int:
     root = Path(args.workdir) if args.workdir else _default_workdir(args, "-sweep")
     points = config.sweep_points(args.config)
     rows, failed = [], 0
     for shared, group in _groups(points, args.vectorize):
         vector = args.vectorize and (len(group) > 1 or any(k in group[0] for k in VECTORISABLE))
-        if vector:
-            extra = dict(shared)
-            extra["vmap_seeds"] = tuple(p.get("seed", None) for p in group)
-            extra["vmap_learning_rates"] = tuple(p.get("optimizer.learning_rate") for p in group)
-            workdir = root / ("vmap-" + config.point_name(shared))
-        else:
-            extra, workdir = group[0], root / config.point_name(group[0])
-        done = workdir / "results.json"
         try:
+            cfg, name = _point_config(args, shared, group, vector)
+            workdir = root / name
+            done = workdir / "results.json"
             if done.is_file():
-                print(f"[sweep] {workdir.name}: finished before, skipped")
+                print(f"[sweep] {name}: finished before with this exact config, skipped")
                 out = json.loads(done.read_text())
             else:
-                print(f"[sweep] {workdir.name}: running", flush=True)
-                cfg = _load(args)
-                if vector:
-                    base_seed = config.get_path(cfg, "seed")
-                    base_lr = config.get_path(cfg, "optimizer.learning_rate")
-                    extra["vmap_seeds"] = tuple(
-                        base_seed if s is None else s for s in extra["vmap_seeds"]
-                    )
-                    extra["vmap_learning_rates"] = tuple(
-                        base_lr if x is None else x for x in extra["vmap_learning_rates"]
-                    )
-                config.apply_overrides(cfg, extra)
+                print(f"[sweep] {name}: running", flush=True)
                 out = run_one(cfg, workdir, progress=not args.no_progress)
             for i, p in enumerate(group):
                 rows.append(_row(p, out, i if vector else None, None))
@@ -236,16 +257,13 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    from morejax.cli import run
+
     parser = argparse.ArgumentParser(prog="morejax", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        if getattr(args, "debug", False):
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run(args, args.debug)
 
 
 if __name__ == "__main__":

@@ -8,15 +8,19 @@ attribute paths with optional subscripts: `adapter.rank`, `optimizer.lr_groups['
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import itertools
 import json
 import re
 import sys
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from types import UnionType
 from typing import Any
 
 import fiddle as fdl
@@ -34,16 +38,19 @@ class Model:
     `name` is a named config of the `family` module (`bert` / `llama` CONFIGS), enough for
     shape-only tables; `checkpoint` is where pretrained weights come from (a registry short
     name such as 'minilm-l6' or a local Hugging Face folder; None: `name`).
-    `pretrained=False` initialises randomly (tests) and takes the tokenizer from `tokenizer`
-    (a registry name or a tokenizer.json path); `overrides` changes config fields.
+    `pretrained=False` initialises randomly (tests) from `seed` (the frozen weights: the same
+    for every run seed) and takes the tokenizer from `tokenizer` (a registry name or a
+    tokenizer.json path); `overrides` changes config fields. `num_labels` None: the GLUE task
+    decides (1 for STS-B regression, 3 for MNLI, ...).
     """
 
     name: str = "minilm-l6"
     family: str = "bert"
     checkpoint: str | None = None
     head: str = "classification"
-    num_labels: int = 2
+    num_labels: int | None = None
     pretrained: bool = True
+    seed: int = 0
     tokenizer: str | None = None
     overrides: dict | None = None
     scan_layers: bool = False
@@ -57,6 +64,10 @@ class Data:
     `kind` is `glue` (encoder batches) or `reasoning` (decoder batches with `loss_mask`).
     `local_dir` prepares GLUE from local TSVs (offline; the task folder or a GLUE root);
     None lets TFDS download. `data_dir` is the TFDS folder (None: ~/tensorflow_datasets).
+    `max_len` / `eval_split` None: the task decides (GLUE: a length that holds its sentence
+    pairs, and every validation split, e.g. MNLI matched and mismatched; reasoning: 256, and
+    the held-out slice of the training file). `seed` None: the experiment's seed orders the
+    data, so a run's seed drives all of its randomness.
     `train_limit` / `eval_limit` keep the first N examples (smoke runs, tests).
     `pipeline` passes extra keyword arguments to the batching functions.
     `generate_sets` (reasoning): sets whose test records are also answered by greedy
@@ -69,13 +80,13 @@ class Data:
     local_dir: str | None = None
     data_dir: str | None = None
     train_split: str = "train"
-    eval_split: str = "validation"
-    max_len: int = 128
+    eval_split: str | tuple[str, ...] | None = None
+    max_len: int | None = None
     buckets: tuple[int, ...] | None = None
     eval_batch_size: int = 128
     train_limit: int | None = None
     eval_limit: int | None = None
-    seed: int = 0
+    seed: int | None = None
     num_threads: int = 1
     pipeline: dict | None = None
     generate_sets: tuple[str, ...] = ()
@@ -119,7 +130,9 @@ class Experiment:
     `rules` adds more `{regex: method}` pairs tried before it.
 
     `steps` wins over `epochs`. `vmap_seeds` / `vmap_learning_rates` train several members
-    of this config in one compiled program (a vectorised sweep).
+    of this config in one compiled program (a vectorised sweep). `seed` draws the adapters,
+    the fresh head, dropout and (unless `data.seed` pins it) the data order.
+    `init_check` measures how far the adapted model is from the base model at step 0.
     """
 
     name: str = "experiment"
@@ -146,6 +159,7 @@ class Experiment:
     base_dtype: str = "float32"
     vmap_seeds: tuple[int, ...] = ()
     vmap_learning_rates: tuple[float, ...] = ()
+    init_check: bool = True
 
     def all_rules(self) -> dict:
         """The ordered adapter rules: extra `rules` first, then `targets -> adapter`."""
@@ -176,10 +190,61 @@ def load_module(path: str | Path):
     return module
 
 
-def load(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> fdl.Config:
-    """A file's config with overrides: `["a.b=1"]` strings or a `{path: value}` dict."""
-    cfg = load_module(path).config()
-    return apply_overrides(cfg, overrides)
+def config_args(module) -> dict[str, inspect.Parameter]:
+    """The keyword arguments of a file's `config()` (`--set task=mrpc` sets one)."""
+    return {
+        k: p
+        for k, p in inspect.signature(module.config).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def _items(overrides: Iterable[str] | Mapping[str, Any]) -> list[tuple[str, Any, bool]]:
+    """(path, value, value_is_text) per override; text values are parsed once the field is known."""
+    if isinstance(overrides, Mapping):
+        return [(str(k), v, False) for k, v in overrides.items()]
+    items = []
+    for text in overrides:
+        if "=" not in text:
+            raise ValueError(f"--set expects PATH=VALUE, got {text!r}")
+        path, value = text.split("=", 1)
+        items.append((path.strip(), value, True))
+    return items
+
+
+def load(
+    path: str | Path,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> fdl.Config:
+    """A file's config with overrides: `["a.b=1"]` strings or a `{path: value}` dict.
+
+    An override whose path is an argument of the file's `config()` (e.g. `task`) is passed
+    to it; the rest set fields of the tree it returns, in order. `extra` (a dict, values as
+    given) comes after `overrides`, as sweep points do.
+    """
+    module = load_module(path)
+    args = config_args(module)
+    items = _items(overrides) + _items(extra or {})
+    kwargs = {}
+    for key, value, is_text in items:
+        if key in args:
+            hint = _arg_hint(module.config, key, args[key])
+            kwargs[key] = parse_value(value, hint) if is_text else value
+    cfg = module.config(**kwargs)
+    rest = [(k, v, t) for k, v, t in items if k not in args]
+    _apply(cfg, rest, known_args=sorted(args))
+    return cfg
+
+
+def _arg_hint(fn, name: str, param: inspect.Parameter) -> Any:
+    try:
+        hint = typing.get_type_hints(fn).get(name)
+    except Exception:  # an unresolvable annotation: fall back to the default's type
+        hint = None
+    if hint is None and param.default is not param.empty and param.default is not None:
+        hint = type(param.default)
+    return hint
 
 
 def sweep_points(path: str | Path) -> list[dict]:
@@ -384,9 +449,34 @@ def _factories() -> dict[str, Any]:
     return out
 
 
-def parse_value(text: str) -> Any:
-    """A Python literal; `Name(k=literal, ...)` for a method or config class; else a bare word."""
+def _wants_text(hint: Any) -> bool:
+    """Whether a field annotated `hint` takes text (str, Path, or either | None)."""
+    if hint is None:
+        return False
+    if hint in (str, Path):
+        return True
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    union = origin in (typing.Union, UnionType)
+    return bool(union and args and all(a in (str, Path) for a in args))
+
+
+def parse_value(text: str, hint: Any = None) -> Any:
+    """A Python literal; `Name(k=literal, ...)` for a method or config class; else a bare word.
+
+    `hint` is the target field's annotation: a field that takes text gets the text itself
+    (`/data/glue`, `runs/x`, `a b`) unless it is a quoted string or `None`.
+    """
+    raw = text
     text = text.strip()
+    if _wants_text(hint):
+        if text == "None":
+            return None
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+        return value if isinstance(value, str) else text
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -403,33 +493,95 @@ def parse_value(text: str) -> Any:
             )
         if node.args:
             raise ValueError(f"{text!r}: pass keyword arguments only")
-        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
-        return fdl.Config(factories[node.func.id], **kwargs)
+        try:
+            kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
+            return fdl.Config(factories[node.func.id], **kwargs)
+        except (ValueError, TypeError, SyntaxError) as e:
+            raise ValueError(f"cannot build {text!r}: {e}") from None
     if re.fullmatch(r"[A-Za-z_][\w\-./]*", text):
         return text
-    raise ValueError(f"cannot parse value {text!r} (quote strings: 'text')")
+    raise ValueError(f"cannot parse value {raw!r} (quote strings: 'text')")
+
+
+def field_hint(cfg: Any, path: str) -> Any:
+    """The annotation of the field a path ends in (None when unknown or an item)."""
+    steps = _parse_path(path)
+    if not steps or steps[-1][0] != "attr":
+        return None
+    node = cfg
+    try:
+        for kind, key in steps[:-1]:
+            node = _get(cfg, node, kind, key, path)
+    except ValueError:
+        return None
+    if not isinstance(node, fdl.Buildable):
+        return None
+    try:
+        return typing.get_type_hints(fdl.get_callable(node)).get(steps[-1][1])
+    except Exception:
+        return None
 
 
 def apply_overrides(cfg: fdl.Config, overrides: Iterable[str] | Mapping[str, Any]) -> fdl.Config:
     """Apply `path=value` strings (values parsed) or a `{path: value}` dict (values as given)."""
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        items = []
-        for text in overrides:
-            if "=" not in text:
-                raise ValueError(f"--set expects PATH=VALUE, got {text!r}")
-            path, value = text.split("=", 1)
-            items.append((path.strip(), parse_value(value)))
-    for path, value in items:
-        set_path(cfg, path, value)
+    _apply(cfg, _items(overrides))
     return cfg
+
+
+def _apply(cfg, items, known_args: list[str] = ()) -> None:
+    for path, value, is_text in items:
+        try:
+            if is_text:
+                value = parse_value(value, field_hint(cfg, path))
+            set_path(cfg, path, value)
+        except ValueError as e:
+            if known_args and "unknown config path" in str(e):
+                raise ValueError(f"{e}; config() arguments: {', '.join(known_args)}") from None
+            raise
 
 
 # ----------------------------------------------------------------------------- building and writing
 
 
+def resolve(cfg: fdl.Config) -> fdl.Config:
+    """Fill in, in place, what the task decides (labels, length, validation splits).
+
+    Explicit values win, except a label count that contradicts the task, which is an error
+    here rather than a NaN or a shape error late in training.
+    """
+    try:
+        kind, task = get_path(cfg, "data.kind"), get_path(cfg, "data.task")
+    except ValueError:
+        return cfg  # not an Experiment with data: nothing to decide
+    if kind == "glue":
+        from morejax.data import glue
+
+        spec = glue.spec(task)
+        set_path(cfg, "data.task", spec.name)
+        labels = get_path(cfg, "model.num_labels")
+        if labels is None:
+            set_path(cfg, "model.num_labels", spec.num_labels)
+        elif labels != spec.num_labels:
+            what = "a regression (1 output)" if spec.is_regression else f"{spec.num_labels} classes"
+            raise ValueError(
+                f"model.num_labels={labels} but GLUE {spec.name} has {what}; leave "
+                "model.num_labels unset (None): the task decides it"
+            )
+        if get_path(cfg, "data.max_len") is None:
+            set_path(cfg, "data.max_len", spec.default_max_len)
+        if get_path(cfg, "data.eval_split") is None:
+            splits = spec.validation_splits
+            set_path(cfg, "data.eval_split", splits[0] if len(splits) == 1 else tuple(splits))
+    elif kind == "reasoning":
+        if get_path(cfg, "data.max_len") is None:
+            set_path(cfg, "data.max_len", 256)
+        if get_path(cfg, "data.eval_split") is None:
+            set_path(cfg, "data.eval_split", "validation")
+    return cfg
+
+
 def build(cfg: fdl.Config) -> Experiment:
+    cfg = resolve(copy.deepcopy(cfg))
     exp = fdl.build(cfg)
     if not isinstance(exp, Experiment):
         raise TypeError(f"config() must build an Experiment, got {type(exp).__name__}")

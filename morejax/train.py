@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import morejax
-from morejax import checkpointing, paths
+from morejax import checkpointing, distributed, paths
 from morejax.checkpointing import is_better
 from morejax.config import Experiment
 
@@ -36,14 +36,10 @@ from morejax.config import Experiment
 
 
 def maybe_initialize_distributed() -> None:
-    """Join a multi-host job when the environment describes one."""
-    asked = any(
-        os.environ.get(k)
-        for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MOREJAX_DISTRIBUTED")
-    )
-    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if (asked or slurm) and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    """Join a multi-host job when the environment describes one (morejax.distributed)."""
+    from morejax import distributed
+
+    distributed.initialize_from_env()
 
 
 def make_mesh(spec) -> jax.sharding.Mesh:
@@ -53,6 +49,11 @@ def make_mesh(spec) -> jax.sharding.Mesh:
     data = spec.data if spec is not None and spec.data > 0 else n // model
     if data < 1 or data * model > n:
         raise ValueError(f"mesh data={data} x model={model} needs more than the {n} devices")
+    if jax.process_count() > 1 and data % jax.process_count():
+        raise ValueError(
+            f"mesh.data={data} must be a multiple of the {jax.process_count()} processes "
+            "(each feeds its own rows); lower mesh.model"
+        )
     auto = jax.sharding.AxisType.Auto
     devices = jax.devices()[: data * model]
     return jax.make_mesh((data, model), ("data", "model"), (auto, auto), devices=devices)
@@ -158,7 +159,8 @@ def load_model(spec, seed: int = 0) -> Loaded:
         pre = registry.load_pretrained(where, **kw)
         return Loaded(pre.model, pre.params, pre.tokenizer, spec.family)
     model = model_from_config(spec)
-    params = jax.jit(model.init)(jax.random.key(seed), *_example_inputs(spec.family))["params"]
+    init = jax.jit(model.init)  # the frozen weights come from model.seed, not the run's seed
+    params = init(jax.random.key(spec.seed), *_example_inputs(spec.family))["params"]
     tokenizer = None
     if spec.tokenizer:
         where = spec.tokenizer
@@ -166,6 +168,20 @@ def load_model(spec, seed: int = 0) -> Loaded:
             where if os.path.exists(where) else registry.find_model_dir(where)
         )
     return Loaded(model, params, tokenizer, spec.family)
+
+
+def fresh_head(loaded: Loaded, seed: int):
+    """A classification head initialised from `seed` (None when the model has none).
+
+    Every run seed gets its own head, in separate runs and in vectorised members alike.
+    """
+    if loaded.family != "bert" or "head" not in loaded.params:
+        return None
+    from morejax.models import bert
+
+    cfg = loaded.model.config
+    init = jax.jit(bert.BertClassificationHead(cfg).init)
+    return init(jax.random.key(seed), jnp.zeros((1, 1, cfg.hidden_size), cfg.dtype))["params"]
 
 
 def task_kind(exp: Experiment) -> str:
@@ -319,7 +335,8 @@ def make_member_step(forward, kind: str, tx, shape, use_dropout: bool):
 
 def compile_train_step(member_step, mesh, state, base, vectorised: bool):
     """jit over the mesh: the state is donated, the base is an argument, batches are sharded."""
-    fn = jax.vmap(member_step, in_axes=(0, 0, None, 0, None, None)) if vectorised else member_step
+    # Members of a vectorised run have their own batches (their seed orders their data).
+    fn = jax.vmap(member_step, in_axes=(0, 0, None, 0, None, 0)) if vectorised else member_step
 
     def train_step(state, keys, base, batch):
         adapters, opt_state, metrics = fn(
@@ -335,11 +352,16 @@ def compile_train_step(member_step, mesh, state, base, vectorised: bool):
             state_sh,
             rep,
             base_sharding(mesh, base),
-            NamedSharding(mesh, P(None, "data")),
+            NamedSharding(mesh, batch_spec(vectorised)),
         ),
         out_shardings=(state_sh, rep),
         donate_argnums=(0,),
     )
+
+
+def batch_spec(vectorised: bool) -> P:
+    """Training batches: (members,) micro-batches, rows split over 'data'."""
+    return P(None, None, "data") if vectorised else P(None, "data")
 
 
 def compile_eval_step(forward, kind: str, vectorised: bool):
@@ -378,13 +400,16 @@ class Head:
         return self.source[i]
 
 
-def load_split(data, split: str, limit: int | None):
+def load_split(data, split: str, limit: int | None, num_labels: int | None = None):
+    """A split's examples; GLUE labels are checked against the head here, not as a NaN later."""
     if data.kind == "glue":
         from morejax.data import glue
 
         source = glue.load(
             data.task, split, local_dir=data.local_dir, data_dir=data.data_dir, normalize=True
         )
+        if num_labels is not None:
+            glue.check_labels(data.task, source, num_labels, split)
     else:
         from morejax.data import reasoning
 
@@ -392,24 +417,88 @@ def load_split(data, split: str, limit: int | None):
     return Head(source, limit)
 
 
-def batches(data, kind: str, source, tokenizer, batch_size: int, *, train: bool):
+def data_seed(data, seed: int) -> int:
+    """The data order's seed: the run's seed unless `data.seed` pins one."""
+    return seed if data.seed is None else int(data.seed)
+
+
+def batches(
+    data,
+    kind: str,
+    source,
+    tokenizer,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    num_labels: int | None = None,
+):
     """Training: endless shuffled global batches (this process's rows), restorable.
     Evaluation: one ordered pass, the remainder padded with `valid=0` rows."""
     from morejax.data import pipeline
 
-    fn = pipeline.decoder_batches if kind == "lm" else pipeline.encoder_batches
+    kw = dict(data.pipeline or {})
+    if kind == "lm":
+        fn = pipeline.decoder_batches
+    else:
+        fn = pipeline.encoder_batches
+        kw.setdefault("num_labels", num_labels)
     return fn(
         source,
         tokenizer,
         batch_size=batch_size,
         max_len=data.max_len,
         buckets=data.buckets,
-        seed=data.seed,
+        seed=seed,
         shuffle=train,
         epochs=None if train else 1,
         drop_remainder=train,
         num_threads=data.num_threads,
-        **(data.pipeline or {}),
+        **kw,
+    )
+
+
+def train_batches(exp: Experiment, kind: str, source, tokenizer, seeds: list, vec: bool):
+    """The training stream: one iterator, or one per member stacked on a leading axis."""
+    from morejax.data import pipeline
+
+    def one(seed):
+        return batches(
+            exp.data,
+            kind,
+            source,
+            tokenizer,
+            exp.batch_size,
+            train=True,
+            seed=data_seed(exp.data, seed),
+            num_labels=exp.model.num_labels,
+        )
+
+    return pipeline.StackedBatches([one(x) for x in seeds]) if vec else one(seeds[0])
+
+
+def eval_splits(data) -> tuple[str, ...]:
+    split = data.eval_split
+    return (split,) if isinstance(split, str) else tuple(split)
+
+
+def truncation_warning(data, kind: str, source, tokenizer, split: str) -> str | None:
+    """Say how many examples of a split are longer than `data.max_len` (cut silently else)."""
+    if kind == "lm" or tokenizer is None:
+        return None
+    from morejax.data import pipeline
+
+    raw = pipeline._unwrap(tokenizer)
+    n = min(len(source), 2000)
+    rows = [source[i] for i in range(n)]
+    texts = [r["text_a"] if r.get("text_b") is None else (r["text_a"], r["text_b"]) for r in rows]
+    lengths = [len(e.ids) for e in pipeline._own_tokenizer(raw).encode_batch(texts)]
+    over = sum(x > data.max_len for x in lengths)
+    if over / max(n, 1) <= 0.01:
+        return None
+    return (
+        f"warning: {over} of {n} {data.task} {split} examples are longer than data.max_len="
+        f"{data.max_len} tokens (longest {max(lengths)}) and are truncated; raise data.max_len"
     )
 
 
@@ -417,9 +506,33 @@ def batches(data, kind: str, source, tokenizer, batch_size: int, *, train: bool)
 
 
 def evaluate(
+    exp, eval_step, adapters, base, dev: dict, n_members: int | None, loaded=None
+) -> list[dict]:
+    """The task metrics on each evaluation split; one dict per member (one for a single run).
+
+    Several splits (MNLI matched / mismatched) are reported under their names, and `score`
+    is their mean.
+    """
+    per_split = {
+        split: evaluate_split(exp, eval_step, adapters, base, b, n_members, loaded)
+        for split, b in dev.items()
+    }
+    if len(per_split) == 1:
+        return next(iter(per_split.values()))
+    rows = []
+    for m in range(len(next(iter(per_split.values())))):
+        row = {}
+        for split, results in per_split.items():
+            name = split.removeprefix("validation_")
+            row.update({f"{name}/{k}": v for k, v in results[m].items()})
+        row["score"] = float(np.mean([results[m]["score"] for results in per_split.values()]))
+        rows.append(row)
+    return rows
+
+
+def evaluate_split(
     exp, eval_step, adapters, base, dev_batches, n_members: int | None, loaded=None
 ) -> list[dict]:
-    """The task metric on the evaluation split; one dict per member (one for a single run)."""
     outs, labels, valid = [], [], []
     for batch in dev_batches:
         out, y, v = eval_step(adapters, base, batch)
@@ -557,7 +670,55 @@ class Setup:
     seeds: list
     lrs: list
     n_members: int | None
-    dev_batches: list
+    dev_batches: dict
+    init_error: float | None = None
+
+
+def adapt_members(exp: Experiment, loaded: Loaded, seeds: list, layout):
+    """(frozen base, adapters per member): the seed draws the adapters and the fresh head.
+
+    The base (pretrained weights in `base_dtype`, PiSSA/MiLoRA residuals) is the same for
+    every seed, so one copy is kept. Trainable leaves stay float32 whatever the base dtype.
+    """
+    base, adapters = None, []
+    for seed in seeds:
+        params = loaded.params
+        head = fresh_head(loaded, seed)
+        if head is not None:
+            params = {**params, "head": morejax.cast(head, params_dtype(params))}
+        b, a = morejax.adapt(
+            params,
+            exp.all_rules(),
+            seed_keys(seed)[0],
+            exclude=exp.exclude,
+            trainable=exp.trainable,
+            layout=layout,
+        )
+        base = b if base is None else base
+        adapters.append(morejax.cast(a, jnp.float32))
+    return base, adapters
+
+
+def params_dtype(params):
+    floats = [x.dtype for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return floats[0] if floats else jnp.float32
+
+
+def init_error(forward, model, family: str, reference, base, adapters, batch) -> float:
+    """Relative output change of the adapted model at step 0 against the unadapted one.
+
+    Zero for LoRA / MoRe / DoRA; for PiSSA / MiLoRA it is the rounding of the residual to the
+    base dtype, which is the size of the minor components that MiLoRA trains.
+    """
+
+    def plain(params, batch):
+        out = model.apply({"params": params}, *model_inputs(family, batch), deterministic=True)
+        return out[0] if isinstance(out, tuple) else out
+
+    rows = {k: gather(v)[:4] for k, v in batch.items()}
+    want = np.asarray(jax.jit(plain)(reference, rows), np.float64)
+    got = np.asarray(jax.jit(forward)(adapters, base, rows, None), np.float64)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
 
 
 def setup(exp: Experiment) -> Setup:
@@ -566,45 +727,85 @@ def setup(exp: Experiment) -> Setup:
     kind = task_kind(exp)
     vec = members(exp)
     seeds, lrs = vec if vec else ([exp.seed], [float(exp.optimizer.learning_rate)])
-    loaded = load_model(exp.model, seed=exp.seed)
-
-    # Adapters per member (same base: LoRA/MoRe leave it alone, PiSSA/MiLoRA's SVD is fixed).
-    layout = kernel_layout(loaded.model, loaded.family, loaded.params)
-    adapted = [
-        morejax.adapt(
-            loaded.params,
-            exp.all_rules(),
-            seed_keys(s)[0],
-            exclude=exp.exclude,
-            trainable=exp.trainable,
-            layout=layout,
-        )
-        for s in seeds
-    ]
-    base = adapted[0][0]
-    adapters = (
-        adapted[0][1]
-        if not vec
-        else jax.tree.map(lambda *xs: jnp.stack(xs), *[a for _, a in adapted])
-    )
-    loaded.params = None
+    loaded = load_model(exp.model, seed=seeds[0])
+    # The base model is the pretrained one in base_dtype: adapters start exactly on it (DoRA's
+    # magnitudes and PiSSA/MiLoRA's SVD see the weights as they are stored).
     if exp.base_dtype != "float32":
-        base = morejax.cast(base, jnp.dtype(exp.base_dtype))
-    base = jax.device_put(base, base_sharding(mesh, base))
+        loaded.params = morejax.cast(loaded.params, jnp.dtype(exp.base_dtype))
+    layout = kernel_layout(loaded.model, loaded.family, loaded.params)
+    base, adapted = adapt_members(exp, loaded, seeds, layout)
+    adapters = adapted[0] if not vec else jax.tree.map(lambda *xs: jnp.stack(xs), *adapted)
 
-    # The evaluation split as global device arrays, built once.
+    # The evaluation split(s) as global device arrays, built once.
     granule = math.lcm(mesh.shape["data"], jax.process_count())
     eval_bs = int(math.ceil(exp.data.eval_batch_size / granule) * granule)
-    source = load_split(exp.data, exp.data.eval_split, exp.data.eval_limit)
     keys = _BATCH_KEYS[kind]
-    dev = [
-        to_global(mesh, {k: b[k] for k in keys}, P("data"))
-        for b in batches(exp.data, kind, source, loaded.tokenizer, eval_bs, train=False)
-    ]
-    return Setup(mesh, kind, loaded, base, adapters, seeds, lrs, len(seeds) if vec else None, dev)
+    dev = {}
+    for split in eval_splits(exp.data):
+        source = load_split(exp.data, split, exp.data.eval_limit, exp.model.num_labels)
+        warning = truncation_warning(exp.data, kind, source, loaded.tokenizer, split)
+        if warning:
+            say(warning)
+        dev[split] = [
+            to_global(mesh, {k: b[k] for k in keys}, P("data"))
+            for b in batches(
+                exp.data,
+                kind,
+                source,
+                loaded.tokenizer,
+                eval_bs,
+                train=False,
+                num_labels=exp.model.num_labels,
+            )
+        ]
+
+    error = None
+    if exp.init_check:
+        reference = loaded.params
+        head = fresh_head(loaded, seeds[0])
+        if head is not None:
+            reference = {**reference, "head": morejax.cast(head, params_dtype(reference))}
+        first = next(iter(dev.values()))[0]
+        forward = make_forward(loaded.model, loaded.family)
+        error = init_error(forward, loaded.model, loaded.family, reference, base, adapted[0], first)
+    loaded.params = None
+    base = distributed.put(base, base_sharding(mesh, base))
+    return Setup(
+        mesh, kind, loaded, base, adapters, seeds, lrs, len(seeds) if vec else None, dev, error
+    )
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+INIT_ERROR_WARN = 1e-3
+# Fields that change neither the training trajectory nor the results' meaning.
+RESUME_SAFE = (
+    "name",
+    "log_every",
+    "eval_every",
+    "eval_at_start",
+    "checkpoint_every",
+    "data.num_threads",
+    "data.eval_batch_size",
+)
+
+
+def check_resume_config(old: dict, new: dict, allow: bool, ckpt) -> list[str]:
+    """The fields a resumed run changes; an error naming them unless `allow`."""
+    changed = sorted(
+        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE
+    )
+    if changed and old and new:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+        if not allow:
+            raise ValueError(
+                f"{ckpt.directory} holds a run of another config ({shown}{more}); use another "
+                "--workdir, or pass --allow-config-change to resume with the new values"
+            )
+        say(f"resuming with a changed config: {shown}{more}")
+    return changed
 
 
 def total_steps(exp: Experiment, n_train: int) -> int:
@@ -622,10 +823,13 @@ def train(
     resolved: dict | None = None,
     stop_at: int | None = None,
     progress: bool = True,
+    allow_config_change: bool = False,
 ) -> dict:
     """Train (resuming from the workdir's latest checkpoint), evaluate, keep best + latest.
 
     `stop_at` ends the run after that step with a checkpoint, as a preemption would.
+    Resuming with another config than the checkpoint's is an error naming the changed
+    fields, unless `allow_config_change` (the new learning rate then applies).
     Returns a summary (also written to `results.json` once the run is complete).
     """
     t_start = time.time()
@@ -643,6 +847,17 @@ def train(
         f"frozen {info.base_params:,} ({sum(x.nbytes for x in leaves) / 2**20:.1f} MiB, "
         f"{per_device:.1f} MiB per device)" + (f"; {s.n_members} members" if vec else "")
     )
+    if s.init_error is not None:
+        say(
+            f"init check: the adapted model's outputs differ from the base model's by "
+            f"{s.init_error:.1e} (relative) at step 0"
+        )
+        if s.init_error > INIT_ERROR_WARN:
+            say(
+                f"warning: the adapters do not start at the base model (relative output change "
+                f"{s.init_error:.1e} > {INIT_ERROR_WARN:g}); for PiSSA / MiLoRA with a "
+                f"{exp.base_dtype} base, adapter.residual_dtype='float32' keeps the residual exact"
+            )
 
     # Training data: this process's rows of each global batch.
     data_shards = math.lcm(mesh.shape["data"], jax.process_count())
@@ -651,8 +866,11 @@ def train(
             f"batch_size {exp.batch_size} does not split into {exp.micro_batches} micro-batches "
             f"over {data_shards} data shards"
         )
-    source = load_split(exp.data, exp.data.train_split, exp.data.train_limit)
-    stream = batches(exp.data, kind, source, s.loaded.tokenizer, exp.batch_size, train=True)
+    source = load_split(exp.data, exp.data.train_split, exp.data.train_limit, exp.model.num_labels)
+    warning = truncation_warning(exp.data, kind, source, s.loaded.tokenizer, "train")
+    if warning:
+        say(warning)
+    stream = train_batches(exp, kind, source, s.loaded.tokenizer, s.seeds, vec)
     steps = total_steps(exp, len(source))
 
     # Optimizer and train state (float32, replicated; the member axis leads when vectorised).
@@ -666,7 +884,7 @@ def train(
         opt_state = tx.init(s.adapters)
         keys = seed_keys(exp.seed)[1]
     state = {"adapters": s.adapters, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
-    state = jax.device_put(state, replicated(mesh, state))
+    state = distributed.put(state, replicated(mesh, state))
 
     # Resume from the latest checkpoint (adapters, optimizer, step, data position).
     metric, mode = metric_of(exp)
@@ -675,12 +893,13 @@ def train(
     if ckpt.latest_step() is not None:
         restored = ckpt.restore(ckpt.latest_step(), state)
         state, meta = restored["state"], {**meta, **restored["meta"]}
+        check_resume_config(restored["config"], resolved or {}, allow_config_change, ckpt)
         stream.set_state(checkpointing.decode_data_state(restored["data"]))
+        # The peak learning rate lives in the optimizer state: the config's applies.
+        state["opt_state"].hyperparams["learning_rate"] = jnp.asarray(
+            s.lrs if vec else s.lrs[0], jnp.float32
+        )
         say(f"resumed at step {int(state['step'])} from {ckpt.directory}")
-        old, new = restored["config"], resolved or {}
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if old and new and changed:
-            say(f"warning: resuming with a changed config: {', '.join(changed)}")
 
     forward = make_forward(s.loaded.model, s.loaded.family)
     member_step = make_member_step(forward, kind, tx, shape, exp.dropout)
@@ -710,12 +929,9 @@ def train(
                 {"value": v, "step": step} if o is None or is_better(v, o["value"], mode) else o
                 for v, o in zip(values, old)
             ]
-        data_state = checkpointing.encode_data_state(stream.get_state())
         ckpt.save(step, state, {**meta, "step": step}, data_state, resolved or {}, metrics)
 
     # The loop.
-    from morejax.data import pipeline
-
     step = int(state["step"])
     end = steps if stop_at is None else min(steps, stop_at)
     last_eval = run_eval(step) if (exp.eval_at_start and step == 0) or step >= steps else None
@@ -726,18 +942,33 @@ def train(
 
         bar = tqdm(total=steps, initial=step, file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
     window, tokens, t_window = [], 0, time.time()
+    # The data position of the last finished step: an interrupt between fetching a batch
+    # and finishing its step must not save a position one batch ahead.
+    data_state = checkpointing.encode_data_state(stream.get_state())
+    lead = 1 if vec else 0  # the member axis of a vectorised run's batches
     try:
         while step < end:
             local = next(stream)
-            tokens += pipeline.count_tokens(local)
+            tokens += int(
+                np.sum(np.asarray(local["attention_mask"]) * np.asarray(local["valid"])[..., None])
+            )
             local = {
-                k: np.reshape(local[k], (exp.micro_batches, -1, *np.shape(local[k])[1:]))
+                k: np.reshape(
+                    local[k],
+                    (
+                        *np.shape(local[k])[:lead],
+                        exp.micro_batches,
+                        -1,
+                        *np.shape(local[k])[lead + 1 :],
+                    ),
+                )
                 for k in _BATCH_KEYS[kind]
             }
             state, metrics = train_step(
-                state, keys, s.base, to_global(mesh, local, P(None, "data"))
+                state, keys, s.base, to_global(mesh, local, batch_spec(vec))
             )
             step += 1
+            data_state = checkpointing.encode_data_state(stream.get_state())
             window.append(metrics)
             if step % max(exp.log_every, 1) == 0 or step == end:
                 window = jax.device_get(window)
@@ -780,6 +1011,7 @@ def train(
         "best_members": meta["best_members"] if vec else None,
         "members": {"seeds": s.seeds, "learning_rates": s.lrs} if vec else None,
         "checkpoint": str(ckpt.step_dir(best_step)) if best_step is not None else None,
+        "init_error": s.init_error,
         "workdir": str(workdir),
         "wall_s": round(time.time() - t_start, 2),
     }
@@ -798,7 +1030,7 @@ def restore_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best"
     ckpt = checkpointing.Checkpoints(Path(workdir) / "checkpoints", metric=metric, mode=mode)
     try:
         step = ckpt.resolve(which)
-        like = jax.device_put(s.adapters, replicated(s.mesh, s.adapters))
+        like = distributed.put(s.adapters, replicated(s.mesh, s.adapters))
         adapters = ckpt.restore_adapters(step, like)
     finally:
         ckpt.close()

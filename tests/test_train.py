@@ -143,7 +143,9 @@ def test_train_end_to_end(shared_data, runs, capsys):
     assert "adapter checkpoint:" in out
     results = json.loads((workdir / "results.json").read_text())
     assert results["finished"] and results["step"] == 8
-    assert 0.0 <= results["final"]["accuracy"] <= 1.0
+    # (That it learns is tests/test_glue_tasks.py::test_it_learns.)
+    assert results["final"]["accuracy"] == _rows(workdir, "eval")[-1]["accuracy"]
+    assert results["init_error"] == 0.0  # MoRe starts exactly at the base model
     assert [r["step"] for r in _rows(workdir, "train")] == list(range(1, 9))
     assert [r["step"] for r in _rows(workdir, "eval")] == [4, 8]
     assert all(r["tokens_per_s"] > 0 and np.isfinite(r["loss"]) for r in _rows(workdir, "train"))
@@ -199,3 +201,55 @@ def test_eight_devices_give_the_same_loss_curve(shared_data, runs, tmp_path):
     loss_8 = [r["loss"] for r in _rows(tmp_path, "train")]
     np.testing.assert_allclose(loss_8, loss_1, rtol=2e-5)
     assert [r["score"] for r in _rows(tmp_path, "eval")] == [r["score"] for r in _rows(one, "eval")]
+
+
+def test_an_interrupt_mid_step_saves_the_position_of_the_last_finished_step(
+    shared_data, runs, tmp_path, monkeypatch
+):
+    """Ctrl-C after a batch is fetched but before its step finishes: the checkpoint must
+    not record a data position one batch ahead, so the resumed run equals an unbroken one."""
+    full = runs("one")
+    real = train.compile_train_step
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        step_fn = real(*args, **kwargs)
+
+        def wrapped(*a):
+            calls["n"] += 1
+            if calls["n"] == 4:  # the 4th batch has been fetched: stop before its step
+                raise KeyboardInterrupt
+            return step_fn(*a)
+
+        return wrapped
+
+    monkeypatch.setattr(train, "compile_train_step", interrupting)
+    argv = ["train", SMOKE, "--workdir", str(tmp_path), "--no-progress"]
+    with pytest.raises(KeyboardInterrupt):
+        commands.main(argv)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "3"
+    ]
+    monkeypatch.setattr(train, "compile_train_step", real)
+    assert commands.main(argv) == 0
+    for a, b in zip(_adapters(full, 8), _adapters(tmp_path, 8), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resuming_with_another_config_names_the_change(shared_data, runs, tmp_path, capsys):
+    stopped = runs("stopped-for-config", "--stop-at", "3")
+    argv = ["train", SMOKE, "--workdir", str(stopped), "--no-progress"]
+    before = sorted(p.name for p in (stopped / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match=r"optimizer.learning_rate: 0.003 -> 0.01"):
+        train_argv = argv + ["--set", "optimizer.learning_rate=1e-2"]
+        commands.run_one(
+            config.load(SMOKE, ["optimizer.learning_rate=1e-2"]), stopped, progress=False
+        )
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == before  # untouched
+    # Through the command line: one line, exit code 2; with the flag the new rate applies.
+    assert commands.main(train_argv) == 2
+    assert "--allow-config-change" in capsys.readouterr().err
+    assert commands.main(train_argv + ["--allow-config-change"]) == 0
+    lrs = [r["lr"] for r in _rows(stopped, "train") if r["step"] > 3]
+    schedule = train.schedule_shape(config.build(config.load(SMOKE)).optimizer, 8)
+    np.testing.assert_allclose(lrs, [1e-2 * float(schedule(s - 1)) for s in range(4, 9)], rtol=1e-5)

@@ -10,6 +10,12 @@ first capital A-E for AQuA.
 
 Examples for the pipeline are dicts ``{'prompt', 'response', 'answer', 'set'}``
 where ``prompt`` is the Alpaca prompt and ``response`` the record's ``output``.
+
+Splits: a training file (a mixture such as commonsense_170k, a set's train.json, a
+.json path) has no test records, so its ``train`` split is the file minus a fixed
+held-out slice and ``validation`` is that slice (validation loss during training).
+Mixtures are scored like the papers: per set, by generation on each set's test.json
+(``mixture_test_sets``); asking a mixture for ``test`` is an error.
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ __all__ = [
     "load_records",
     "format_prompt",
     "to_examples",
+    "holdout_size",
+    "split_records",
+    "load_split_records",
     "load_examples",
+    "mixture_test_sets",
     "training_mixture",
     "answer_kind",
     "clean_response",
@@ -62,8 +72,17 @@ MATH_SETS = (
     "mawps",
     "mathqa",
 )
-# LLM-Adapters' training mixtures (ft-training_set/*.json); users bring their own copy.
-MIXTURES = ("commonsense_170k", "commonsense_15k", "math_10k", "math_14k", "math_50k")
+# LLM-Adapters' training mixtures (ft-training_set/*.json); users bring their own copy
+# (math_data, the 3,260-problem predecessor of math_10k, is in the shared data copy).
+COMMONSENSE_MIXTURES = ("commonsense_170k", "commonsense_15k")
+MATH_MIXTURES = ("math_10k", "math_14k", "math_50k", "math_data")
+MIXTURES = COMMONSENSE_MIXTURES + MATH_MIXTURES
+# The sets the papers score each kind of mixture on (MoRe / LLM-Adapters / MiLoRA tables).
+MATH_TEST_SETS = ("gsm8k", "AQuA", "AddSub", "MultiArith", "SingleEq", "SVAMP", "mawps")
+SPLITS = ("train", "validation", "test")
+HOLDOUT_SEED = 0  # the held-out slice must not move between runs, resumes or machines
+HOLDOUT_MAX = 200
+HOLDOUT_FRACTION = 0.05
 
 KEYS = ("instruction", "input", "output", "answer")
 ENV_DIR = "MOREJAX_LLM_ADAPTERS_DIR"
@@ -257,6 +276,138 @@ def _set_label(name_or_path: str | os.PathLike) -> str:
     return p.parent.name if p.stem in ("train", "test") else p.stem
 
 
+def _mixture_of(name_or_path: str | os.PathLike) -> str | None:
+    """The mixture a name or file stands for (by name or file stem), else None."""
+    s = os.fspath(name_or_path)
+    p = Path(s)
+    names = [s] if not s.endswith(".json") else [p.stem, p.parent.name if p.stem == "train" else ""]
+    for name in map(_canonical, names):
+        if name in MIXTURES:
+            return name
+    return None
+
+
+def _is_training_file(name_or_path: str | os.PathLike) -> bool:
+    """Mixtures and train.json files: their records are all training records."""
+    s = os.fspath(name_or_path)
+    if _mixture_of(s) is not None:
+        return True
+    p = Path(s)
+    return s.endswith(".json") and (p.stem == "train" or p.parent.name == "ft-training_set")
+
+
+def mixture_test_sets(name: str | os.PathLike) -> tuple[str, ...]:
+    """The sets whose test.json the papers score a training file on, one accuracy each.
+
+    Commonsense mixtures: the 8 commonsense sets; math mixtures (math_data.json
+    included): the 7 arithmetic sets of the MiLoRA / LLM-Adapters tables. A single
+    set (a name or ``<set>/train.json``) is scored on its own test file.
+    """
+    s = os.fspath(name)
+    mixture = _mixture_of(s)
+    if mixture in COMMONSENSE_MIXTURES:
+        return COMMONSENSE_SETS
+    if mixture in MATH_MIXTURES:
+        return MATH_TEST_SETS
+    label = _canonical(_set_label(s))
+    if label is not None and label not in MIXTURES:
+        return (label,)
+    raise ValueError(
+        f"no test sets known for {s!r}: name a mixture ({', '.join(MIXTURES)}) or a set "
+        f"({', '.join(COMMONSENSE_SETS + MATH_SETS)}), or list the sets to score yourself "
+        "(data.generate_sets)"
+    )
+
+
+def holdout_size(
+    n: int, holdout: int | float | None = None, *, source: str = "the training file"
+) -> int:
+    """How many of a training file's ``n`` records split 'validation' holds out.
+
+    ``holdout`` is a count (0 keeps every record for 'train'), a fraction in (0, 1), or
+    None: min(200, 5% of the records), at least 1. 'train' must keep at least one record.
+    """
+    if holdout is None:
+        k = max(1, min(HOLDOUT_MAX, int(HOLDOUT_FRACTION * n)))
+    elif isinstance(holdout, bool) or not isinstance(holdout, (int, float, np.integer)):
+        raise ValueError(f"holdout must be a count or a fraction in (0, 1), got {holdout!r}")
+    elif isinstance(holdout, (int, np.integer)):
+        if holdout < 0:
+            raise ValueError(f"holdout must be a count >= 0, got {holdout}")
+        k = int(holdout)
+    else:
+        if not 0.0 < holdout < 1.0:
+            raise ValueError(
+                f"holdout as a fraction must lie in (0, 1), got {holdout}; pass an int for a count"
+            )
+        k = max(1, round(holdout * n))
+    if k >= n:
+        raise ValueError(
+            f"{source} has {n} record(s): too few to hold out {k} for validation and keep any "
+            f"for training; pass a smaller holdout= (0 keeps all for training) or a larger file"
+        )
+    return k
+
+
+def split_records(
+    records: Sequence, split: str, holdout: int | float | None = None, *, source: str = "records"
+) -> list:
+    """'train' (the records minus a held-out slice) or 'validation' (that slice).
+
+    The slice is the first ``holdout_size`` entries of a fixed-seed permutation of the
+    record indices, so it is the same on every call; both splits keep file order.
+    """
+    if split not in ("train", "validation"):
+        raise ValueError(f"split must be 'train' or 'validation' of {source}, got {split!r}")
+    n = len(records)
+    k = holdout_size(n, holdout, source=source)
+    if split == "validation" and k == 0:
+        raise ValueError(f"holdout=0 holds nothing out of {source}: no 'validation' split")
+    held = np.zeros(n, bool)
+    held[np.random.default_rng(HOLDOUT_SEED).permutation(n)[:k]] = True
+    want = split == "validation"
+    return [r for r, h in zip(records, held) if h == want]
+
+
+def _test_of_training_file(s: str) -> ValueError:
+    mixture = _mixture_of(s)
+    if mixture is not None:
+        sets = mixture_test_sets(mixture)
+        return ValueError(
+            f"{s!r} is a training mixture and has no 'test' split: mixtures are evaluated per "
+            f"set by generation on each set's test.json ({', '.join(sets)}); set "
+            f"data.generate_sets = reasoning.mixture_test_sets({mixture!r}) and evaluate loss "
+            "on split 'validation' (data.eval_split='validation', a held-out slice of the file)"
+        )
+    label = _set_label(s)
+    return ValueError(
+        f"{s} is a training file and has no 'test' split: use split 'validation' (a held-out "
+        f"slice of it) or the set's test file (set name {label!r} with split 'test')"
+    )
+
+
+def load_split_records(
+    name_or_path: str | os.PathLike,
+    split: str = "test",
+    root: str | os.PathLike | None = None,
+    *,
+    required: Sequence[str] = KEYS,
+    holdout: int | float | None = None,
+) -> list[dict]:
+    """One split's records: 'test' is a set's test.json (or a non-training .json path);
+    'train' / 'validation' partition the set's train.json, the mixture or the .json path
+    (``split_records``). A mixture's 'test' is an error naming the sets to score instead."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    s = os.fspath(name_or_path)
+    if split == "test":
+        if _is_training_file(s):
+            raise _test_of_training_file(s)
+        return load_records(s, "test", root, required=required)
+    records = load_records(s, "train", root, required=required)
+    return split_records(records, split, holdout, source=str(resolve_path(s, "train", root)))
+
+
 def load_examples(
     name_or_path: str | os.PathLike,
     split: str = "test",
@@ -264,9 +415,10 @@ def load_examples(
     *,
     style: str = "alpaca",
     required: Sequence[str] = KEYS,
+    holdout: int | float | None = None,
 ) -> list[dict]:
-    """One set as pipeline examples."""
-    records = load_records(name_or_path, split, root, required=required)
+    """One split of a set or mixture as pipeline examples (splits: ``load_split_records``)."""
+    records = load_split_records(name_or_path, split, root, required=required, holdout=holdout)
     return to_examples(records, _set_label(name_or_path), style)
 
 
@@ -278,8 +430,10 @@ def training_mixture(
     shuffle: bool = False,
     seed: int = 0,
     style: str = "alpaca",
+    holdout: int | float | None = None,
 ) -> list[dict]:
-    """Concatenates train files (set names, mixtures or paths), optionally shuffled.
+    """Concatenates the 'train' splits of training files (set names, mixtures or paths),
+    each less its held-out validation slice (``holdout=0`` keeps whole files).
 
     The pipeline reshuffles every epoch anyway; shuffling here only matters for
     consumers that read the list in order.
@@ -289,7 +443,9 @@ def training_mixture(
     examples: list[dict] = []
     for name in names:
         # Training needs no gold answer: files without one (Alpaca-style) still load.
-        examples.extend(load_examples(name, split, root, style=style, required=KEYS[:3]))
+        examples.extend(
+            load_examples(name, split, root, style=style, required=KEYS[:3], holdout=holdout)
+        )
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(examples))
         examples = [examples[i] for i in order]

