@@ -6,7 +6,7 @@ Config files import these and override fields; nothing here is run directly.
 import fiddle as fdl
 
 import morejax
-from morejax.config import Data, Experiment, Mesh, Model, Optimizer, shared_dir
+from morejax.train.config import Data, Experiment, Mesh, Model, Optimizer, shared_dir
 
 QKV_BERT = r".*/(query|key|value)/kernel"
 QKV_LLAMA = r".*/(q_proj|k_proj|v_proj)/kernel"
@@ -48,8 +48,10 @@ def lora(rank: int = 8, alpha: float = 8.0, dropout: float = 0.0) -> fdl.Config:
     return fdl.Config(morejax.LoRA, rank=rank, alpha=alpha, dropout=dropout)
 
 
-def milora(rank: int = 32, alpha: float | None = None) -> fdl.Config:
-    return fdl.Config(morejax.MiLoRA, rank=rank, alpha=alpha)
+def milora(rank: int = 32, alpha: float | None = None, dropout: float = 0.05) -> fdl.Config:
+    """MiLoRA as its recipe runs it: alpha = r, input dropout 0.05 (residual in the base dtype;
+    `residual_dtype='float32'` keeps it exact when the model computes in float32)."""
+    return fdl.Config(morejax.MiLoRA, rank=rank, alpha=alpha, dropout=dropout)
 
 
 # ----------------------------------------------------------------------------- tasks

@@ -1,5 +1,5 @@
-# python -m morejax.commands params configs/commonsense_more_llama7b.py
-# python -m morejax.commands train configs/commonsense_more_llama7b.py \
+# python -m morejax.cli params configs/commonsense_more_llama7b.py
+# python -m morejax.cli train configs/commonsense_more_llama7b.py \
 #     --set model.checkpoint=/path/to/llama-7b --set mesh.model=8 \
 #     --workdir runs/commonsense_more_llama7b
 """MoRe paper Table 1: LLaMA-7B on commonsense_170k, MoRe nb4 r4 on q,k,v (3,145,728

@@ -1,4 +1,4 @@
-# python -m morejax.commands train configs/glue_minilm.py --set task=mrpc --workdir runs/glue-mrpc
+# python -m morejax.cli train configs/glue_minilm.py --set task=mrpc --workdir runs/glue-mrpc
 """Any of the nine GLUE tasks with the pip-packaged MiniLM-L6 and MoRe (nb=4, r=4 on
 query/key/value, head trainable), sized for a 2-core CPU.
 

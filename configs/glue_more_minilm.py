@@ -1,10 +1,10 @@
-# python -m morejax.commands train configs/glue_more_minilm.py --workdir runs/glue_more_minilm
+# python -m morejax.cli train configs/glue_more_minilm.py --workdir runs/glue_more_minilm
 """The main job: MoRe (nb=4, r=4 on query/key/value, head trainable) on SST-2 with the
 pip-packaged MiniLM-L6, sized for a 2-core CPU (length 64 in buckets 16/32/48/64, batch 32,
 batches grouped by length: SST-2's training phrases are short, so most batches pad to 16)."""
 
 from configs import common
-from morejax.config import product
+from morejax.train.config import product
 
 
 def config():

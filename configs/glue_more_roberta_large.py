@@ -1,5 +1,5 @@
-# python -m morejax.commands params configs/glue_more_roberta_large.py
-# python -m morejax.commands train configs/glue_more_roberta_large.py \
+# python -m morejax.cli params configs/glue_more_roberta_large.py
+# python -m morejax.cli train configs/glue_more_roberta_large.py \
 #     --set model.checkpoint=/path/to/roberta-large --workdir runs/glue_more_roberta_large
 """The MoRe paper's GLUE setting: RoBERTa-large, MoRe nb4 r4 on q,k,v (589,824 adapter
 params; the classifier head trains too and is counted separately). The task's recipe

@@ -1,13 +1,13 @@
-# python -m morejax.commands params configs/math_milora_llama2_7b.py
-# python -m morejax.commands train configs/math_milora_llama2_7b.py \
+# python -m morejax.cli params configs/math_milora_llama2_7b.py
+# python -m morejax.cli train configs/math_milora_llama2_7b.py \
 #     --set model.checkpoint=/path/to/llama-2-7b --set mesh.model=8 \
 #     --workdir runs/math_milora_llama2_7b
 """MiLoRA's math recipe: LLaMA-2-7B on math_10k, r=64 (alpha = r, as the official code)
 on q,k,v,up,down (112.2M params, 1.67%), lr 3e-4 linear with 100 warmup steps, batch 16,
-3 epochs, no weight decay (decay would delete the minor components). Trains on math_10k
-less a 200-record held-out slice (validation loss) and scores, like MiLoRA's table, accuracy
-on gsm8k, AQuA, AddSub, MultiArith, SingleEq, SVAMP and mawps test.json by greedy
-generation (data.generate_sets, 256 new tokens)."""
+3 epochs, dropout 0.05, no weight decay (decay would delete the minor components).
+Trains on math_10k less a 200-record held-out slice (validation loss) and scores, like
+MiLoRA's table, accuracy on gsm8k, AQuA, AddSub, MultiArith, SingleEq, SVAMP and mawps
+test.json by greedy generation (data.generate_sets, 256 new tokens)."""
 
 from configs import common
 

@@ -1,9 +1,9 @@
-# python -m morejax.commands train configs/smoke_tiny.py --workdir runs/smoke_tiny
+# python -m morejax.cli train configs/smoke_tiny.py --workdir runs/smoke_tiny
 """A seconds-long smoke run of the main job's pipeline: the MiniLM tokenizer and config
 shrunk to one tiny random-init layer, 256 SST-2 training and 64 dev examples. Tests use it."""
 
 from configs import glue_more_minilm
-from morejax.config import zipped
+from morejax.train.config import zipped
 
 
 def config():

@@ -1,4 +1,4 @@
-# python -m morejax.commands train configs/smoke_tiny_lm.py --set model.tokenizer=TOKENIZER_JSON
+# python -m morejax.cli train configs/smoke_tiny_lm.py --set model.tokenizer=TOKENIZER_JSON
 """A seconds-long decoder run: a one-layer random LLaMA on 64 ARC-Easy training records,
 loss on the responses, evaluated by loss on 16 held-out training records ('validation')
 and by greedy generation on 4 ARC-Easy test records (accuracy per set).

@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 
 import morejax
-from morejax import train
-from morejax.config import Model
 from morejax.models import llama
+from morejax.train.config import Model
+from morejax.train.model import abstract_params
 
 QKV_LLAMA = r".*/self_attn/(q_proj|k_proj|v_proj)/kernel"
 ALL7 = r".*/(self_attn/(q|k|v|o)_proj|mlp/(gate|up|down)_proj)/kernel"
@@ -72,7 +72,7 @@ SETTINGS = [
 
 def count(name: str, rules) -> tuple[int, int]:
     family = "llama" if name in llama.CONFIGS else "bert"
-    _, params = train.abstract_params(Model(name=name, family=family, head="encoder"))
+    _, params = abstract_params(Model(name=name, family=family, head="encoder"))
     base, adapters = jax.eval_shape(lambda p: morejax.adapt(p, rules, jax.random.key(0)), params)
     summary = morejax.summarize(base, adapters)
     return summary.adapter_params, summary.model_params

@@ -14,16 +14,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from morejax import generate
 from morejax.data import reasoning
+from morejax.models import generate
 
 
 def restore(config_path: str, workdir: str, overrides=(), which: str = "best"):
     """The run's experiment, (model, params, tokenizer), frozen base, adapters and step."""
-    from morejax import config, train
+    from morejax.train import config, evaluate
 
     exp = config.build(config.load(config_path, overrides))
-    s, step, adapters, _ = train.restore_checkpoint(exp, workdir, which)
+    s, step, adapters, _ = evaluate.restore_checkpoint(exp, workdir, which)
     return exp, (s.loaded.model, None, s.loaded.tokenizer), s.base, adapters, step
 
 

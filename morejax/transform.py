@@ -277,10 +277,10 @@ def _factored_params(base, adapters):
 
 def _matrix_call(method, params, x, kernel, n_in: int, rng):
     d_in, d_out = Layout(0, n_in).matrix_shape(kernel.shape)
-    dtype = x.dtype
-    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    # Adapter params stay float32 here: each method casts its factors to x's dtype where that
+    # is safe, and DoRA keeps its magnitude ratio in float32 (a bf16 ratio loses updates).
     x_mat = x.reshape(*x.shape[: x.ndim - n_in], d_in)
-    dy = method.apply(params, x_mat, kernel.reshape(d_in, d_out).astype(dtype), rng=rng)
+    dy = method.apply(params, x_mat, kernel.reshape(d_in, d_out), rng=rng)
     return dy.reshape(*x.shape[: x.ndim - n_in], *kernel.shape[n_in:])
 
 
@@ -517,8 +517,23 @@ def count_trainable(adapters) -> int:
     return count_params(adapters)
 
 
-def cast(tree, dtype):
-    """Cast floating leaves (e.g. the frozen base to bf16); integer leaves are left alone."""
-    return jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
-    )
+def cast(tree, dtype, *, adapters=None):
+    """Cast floating leaves (e.g. the frozen base to bf16); integer leaves are left alone.
+
+    With `adapters` (from `adapt`), a kernel whose method sets its own
+    `residual_dtype` (PiSSA/MiLoRA) gets that dtype instead: a bf16 rounding of
+    MiLoRA's residual is the size of the minor components it trains.
+    """
+    keep = {}
+    if adapters is not None:
+        for path, a in _adapter_items(adapters):
+            want = getattr(a.method, "residual_dtype", None) if isinstance(a, Adapter) else None
+            if want is not None:
+                keep[path] = jnp.dtype(want)
+
+    def one(kp, x):
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        return x.astype(keep.get(tuple(_key(k) for k in kp), dtype))
+
+    return jax.tree_util.tree_map_with_path(one, tree)

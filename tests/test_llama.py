@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from morejax import weights
-from morejax.models import llama
+from morejax.models import llama, weights
 from morejax.models.llama import CONFIGS, LlamaConfig, LlamaForCausalLM
 
 TINY = LlamaConfig(

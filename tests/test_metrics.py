@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from morejax import metrics as M
+from morejax.data import metrics as M
 
 # A binary case used throughout: TP=2 (0, 4), FP=2 (1, 2), FN=1 (5), TN=1 (3).
 Y = [1, 0, 0, 0, 1, 1]

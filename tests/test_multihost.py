@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from morejax import distributed
+from morejax.train import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke_tiny.py")
@@ -85,7 +85,7 @@ def _env(devices: int, **extra: str) -> dict:
 def _start(workdir: Path, env: dict, log: Path) -> subprocess.Popen:
     # Steps 1 and 2 have global batches whose halves fit different buckets (24/32, 8/16):
     # each process alone would pad its rows to another length than the other's.
-    cmd = [sys.executable, "-m", "morejax.commands", "train", SMOKE, "--workdir", str(workdir)]
+    cmd = [sys.executable, "-m", "morejax.cli", "train", SMOKE, "--workdir", str(workdir)]
     cmd += ["--no-progress", "--set", "steps=4", "--set", "eval_every=0"]
     cmd += ["--set", "data.buckets=(8, 16, 24, 32)", "--set", "data.eval_limit=32"]
     out = open(log, "w")  # files, not pipes: a process blocked on a full pipe would hang its peer

@@ -20,9 +20,9 @@ def test_milora_llama2_r64_share():
 
 
 def test_scanned_layout_counts_the_same_through_the_params_command(capsys):
-    from morejax import commands
+    from morejax import cli
 
-    rc = commands.main(
+    rc = cli.main(
         [
             "params",
             "configs/commonsense_more_llama7b.py",

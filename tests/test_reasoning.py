@@ -234,7 +234,7 @@ def test_real_math_data_splits(shared_data):
     ],
 )
 def test_reasoning_configs_do_not_evaluate_on_the_training_file(tmp_path, name, task):
-    from morejax import config, train
+    from morejax.train import config, inputs
 
     exp = config.build(config.load(ROOT / "configs" / f"{name}.py"))
     data = exp.data
@@ -242,8 +242,8 @@ def test_reasoning_configs_do_not_evaluate_on_the_training_file(tmp_path, name, 
     where = f"{task}.json" if task in R.MIXTURES else f"{task}/train.json"
     write(tmp_path / where, [rec(f"q{i}") for i in range(100)])
     data.local_dir, data.train_limit, data.eval_limit = str(tmp_path), None, None
-    fit = prompts(train.load_split(data, data.train_split, None))
-    held = prompts(train.load_split(data, data.eval_split, None))
+    fit = prompts(inputs.load_split(data, data.train_split, None))
+    held = prompts(inputs.load_split(data, data.eval_split, None))
     assert len(held) == 5 and len(fit) == 95 and not set(fit) & set(held)
     assert data.generate_sets == R.mixture_test_sets(task)  # scored on test sets instead
 

@@ -8,8 +8,8 @@ import pytest
 from conftest import missing
 
 import morejax
-from morejax import generate
 from morejax.data import reasoning
+from morejax.models import generate
 
 
 @pytest.fixture(scope="module")

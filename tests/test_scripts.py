@@ -127,7 +127,7 @@ def test_reasoning_eval_of_a_training_run(tmp_path, shared_data):
     workdir = tmp_path / "run"
     config = "configs/smoke_tiny_lm.py"
     run(
-        *("-m", "morejax.commands", "train", config, "--workdir", workdir, "--no-progress"),
+        *("-m", "morejax.cli", "train", config, "--workdir", workdir, "--no-progress"),
         *("--set", "steps=2", "--set", "data.generate_limit=2", "--set", tokenizer),
     )
     result = json.loads((workdir / "results.json").read_text())

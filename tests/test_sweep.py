@@ -10,7 +10,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from morejax import commands, config
+from morejax import cli
+from morejax.cli import sweep
+from morejax.train import config
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke_tiny.py")
@@ -32,8 +34,8 @@ def test_vectorised_sweep_equals_separate_runs(shared_data, tmp_path, capsys):
     the data order in both modes, so each member equals its separate run."""
     separate, vectorised = tmp_path / "separate", tmp_path / "vectorised"
     argv = ["sweep", SMOKE, "--no-progress", "--set", "steps=6", "--set", "eval_every=3"]
-    assert commands.main(argv + ["--workdir", str(separate)]) == 0
-    assert commands.main(argv + ["--workdir", str(vectorised), "--vectorize"]) == 0
+    assert cli.main(argv + ["--workdir", str(separate)]) == 0
+    assert cli.main(argv + ["--workdir", str(vectorised), "--vectorize"]) == 0
 
     names = ["learning_rate=0.001,seed=0", "learning_rate=0.003,seed=1"]
     rows = list(csv.DictReader(open(separate / "results.csv")))
@@ -61,7 +63,7 @@ def test_vectorised_sweep_equals_separate_runs(shared_data, tmp_path, capsys):
 
     # A second sweep skips the finished points and rewrites the same table.
     capsys.readouterr()
-    assert commands.main(argv + ["--workdir", str(separate)]) == 0
+    assert cli.main(argv + ["--workdir", str(separate)]) == 0
     assert capsys.readouterr().out.count("finished before with this exact config, skipped") == 2
     assert list(csv.DictReader(open(separate / "results.csv"))) == rows
 
@@ -82,10 +84,10 @@ def test_finished_points_are_keyed_on_the_resolved_config(tmp_path, monkeypatch,
         (workdir / "results.json").write_text(json.dumps(out))
         return out
 
-    monkeypatch.setattr(commands, "run_one", fake_run)
+    monkeypatch.setattr(sweep, "run_one", fake_run)
     argv = ["sweep", SMOKE, "--no-progress", "--workdir", str(tmp_path)]
-    assert commands.main(argv + ["--set", "steps=6"]) == 0
-    assert commands.main(argv + ["--set", "steps=6"]) == 0  # finished: skipped
-    assert commands.main(argv + ["--set", "steps=4"]) == 0  # another config: runs again
+    assert cli.main(argv + ["--set", "steps=6"]) == 0
+    assert cli.main(argv + ["--set", "steps=6"]) == 0  # finished: skipped
+    assert cli.main(argv + ["--set", "steps=4"]) == 0  # another config: runs again
     assert [steps for _, steps in calls] == [6, 6, 4, 4]
     assert len({name for name, _ in calls}) == 4

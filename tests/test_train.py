@@ -16,7 +16,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 import morejax
-from morejax import commands, config, train
+from morejax import cli
+from morejax.cli.train import run_one
+from morejax.train import config, loop, optim
+from morejax.train import step as steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke_tiny.py")
@@ -30,17 +33,17 @@ def _opt(**kw):
 
 
 def test_schedules_warm_up_then_decay():
-    cos = train.schedule_shape(_opt(schedule="cosine", warmup_ratio=0.1), 100)
+    cos = optim.schedule_shape(_opt(schedule="cosine", warmup_ratio=0.1), 100)
     assert float(cos(0)) == 0.0
     assert float(cos(5)) == pytest.approx(0.5)
     assert float(cos(10)) == pytest.approx(1.0)
     assert float(cos(55)) == pytest.approx(0.5, abs=1e-6)
     assert float(cos(100)) == pytest.approx(0.0, abs=1e-6)
-    lin = train.schedule_shape(_opt(schedule="linear", warmup_steps=20), 100)
+    lin = optim.schedule_shape(_opt(schedule="linear", warmup_steps=20), 100)
     assert float(lin(20)) == pytest.approx(1.0)
     assert float(lin(60)) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="schedule"):
-        train.schedule_shape(_opt(schedule="poly"), 10)
+        optim.schedule_shape(_opt(schedule="poly"), 10)
 
 
 def test_weight_decay_mask_and_learning_rate_groups():
@@ -56,7 +59,7 @@ def test_weight_decay_mask_and_learning_rate_groups():
         clip_norm=None,
         lr_groups={"head/.*": 2.0},
     )
-    tx = train.make_optimizer(opt, 10, params)
+    tx = optim.make_optimizer(opt, 10, params)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)  # zero gradients: only decay moves
     assert np.allclose(updates["x"]["kernel"], -0.1 * 0.5)
@@ -86,10 +89,10 @@ def _tiny_step(micro_batches: int):
     rules = {"proj/kernel": morejax.MoRe(nblocks=2, rank=2)}
     base, adapters = morejax.adapt(params, rules, jax.random.key(1), trainable=["head/.*"])
     opt = _opt(learning_rate=0.1, warmup_steps=0, weight_decay=0.1, clip_norm=0.05)
-    tx = train.make_optimizer(opt, 10, adapters)
-    shape = train.schedule_shape(opt, 10)
-    step = train.make_member_step(
-        train.make_forward(model, "bert"), "classification", tx, shape, False
+    tx = optim.make_optimizer(opt, 10, adapters)
+    shape = optim.schedule_shape(opt, 10)
+    step = steps.make_member_step(
+        steps.make_forward(model, "bert"), "classification", tx, shape, False
     )
     split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
     new, _, metrics = jax.jit(step)(adapters, tx.init(adapters), 0, jax.random.key(2), base, split)
@@ -118,7 +121,7 @@ def runs(tmp_path_factory):
         if name not in done:
             workdir = root / name
             argv = ["train", SMOKE, "--workdir", str(workdir), "--no-progress", *args]
-            assert commands.main(argv) == 0
+            assert cli.main(argv) == 0
             done[name] = workdir
         return done[name]
 
@@ -164,7 +167,7 @@ def test_eval_command_restores_the_best_checkpoint(shared_data, runs, capsys):
     workdir = runs("one")
     results = json.loads((workdir / "results.json").read_text())
     capsys.readouterr()
-    assert commands.main(["eval", SMOKE, "--workdir", str(workdir)]) == 0
+    assert cli.main(["eval", SMOKE, "--workdir", str(workdir)]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed[0]["score"] == pytest.approx(results["best"])
 
@@ -174,7 +177,7 @@ def test_resume_after_a_stop_is_bit_identical(shared_data, runs):
     stopped = runs("stopped", "--stop-at", "3")
     assert not (stopped / "results.json").exists()
     assert (stopped / "checkpoints" / "3").is_dir()
-    assert commands.main(["train", SMOKE, "--workdir", str(stopped), "--no-progress"]) == 0
+    assert cli.main(["train", SMOKE, "--workdir", str(stopped), "--no-progress"]) == 0
     for a, b in zip(_adapters(full, 8), _adapters(stopped, 8), strict=True):
         assert a.dtype == np.float32
         np.testing.assert_array_equal(a, b)
@@ -186,7 +189,7 @@ def test_eight_devices_give_the_same_loss_curve(shared_data, runs, tmp_path):
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT)
     )
-    cmd = [sys.executable, "-m", "morejax.commands", "train", SMOKE, "--workdir", str(tmp_path)]
+    cmd = [sys.executable, "-m", "morejax.cli", "train", SMOKE, "--workdir", str(tmp_path)]
     cmd += ["--set", "mesh.model=2"]  # 4-way data parallel x the frozen base split in 2
     proc = subprocess.run(
         cmd + ["--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True
@@ -209,7 +212,7 @@ def test_an_interrupt_mid_step_saves_the_position_of_the_last_finished_step(
     """Ctrl-C after a batch is fetched but before its step finishes: the checkpoint must
     not record a data position one batch ahead, so the resumed run equals an unbroken one."""
     full = runs("one")
-    real = train.compile_train_step
+    real = loop.compile_train_step
     calls = {"n": 0}
 
     def interrupting(*args, **kwargs):
@@ -223,15 +226,15 @@ def test_an_interrupt_mid_step_saves_the_position_of_the_last_finished_step(
 
         return wrapped
 
-    monkeypatch.setattr(train, "compile_train_step", interrupting)
+    monkeypatch.setattr(loop, "compile_train_step", interrupting)
     argv = ["train", SMOKE, "--workdir", str(tmp_path), "--no-progress"]
     with pytest.raises(KeyboardInterrupt):
-        commands.main(argv)
+        cli.main(argv)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
         "3"
     ]
-    monkeypatch.setattr(train, "compile_train_step", real)
-    assert commands.main(argv) == 0
+    monkeypatch.setattr(loop, "compile_train_step", real)
+    assert cli.main(argv) == 0
     for a, b in zip(_adapters(full, 8), _adapters(tmp_path, 8), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -242,14 +245,36 @@ def test_resuming_with_another_config_names_the_change(shared_data, runs, tmp_pa
     before = sorted(p.name for p in (stopped / "checkpoints").iterdir())
     with pytest.raises(ValueError, match=r"optimizer.learning_rate: 0.003 -> 0.01"):
         train_argv = argv + ["--set", "optimizer.learning_rate=1e-2"]
-        commands.run_one(
+        run_one(
             config.load(SMOKE, ["optimizer.learning_rate=1e-2"]), stopped, progress=False
         )
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == before  # untouched
     # Through the command line: one line, exit code 2; with the flag the new rate applies.
-    assert commands.main(train_argv) == 2
+    assert cli.main(train_argv) == 2
     assert "--allow-config-change" in capsys.readouterr().err
-    assert commands.main(train_argv + ["--allow-config-change"]) == 0
+    assert cli.main(train_argv + ["--allow-config-change"]) == 0
     lrs = [r["lr"] for r in _rows(stopped, "train") if r["step"] > 3]
-    schedule = train.schedule_shape(config.build(config.load(SMOKE)).optimizer, 8)
+    schedule = optim.schedule_shape(config.build(config.load(SMOKE)).optimizer, 8)
     np.testing.assert_allclose(lrs, [1e-2 * float(schedule(s - 1)) for s in range(4, 9)], rtol=1e-5)
+
+
+def test_step_zero_check_measures_the_svd_residual_rounding(shared_data, capsys):
+    """MiLoRA on a bf16 base: the residual's rounding is reported (and warned about); kept
+    float32 it vanishes; LoRA starts exactly at the base model whatever the dtype."""
+    from morejax.train import setup as setup_lib
+
+    def error(adapter: str, base_dtype: str) -> float:
+        sets = [f"adapter={adapter}", f"base_dtype='{base_dtype}'", "data.eval_limit=8"]
+        exp = config.build(config.load(SMOKE, sets))
+        s = setup_lib.setup(exp)
+        loop.describe(exp, s)
+        return s.init_error
+
+    rounded = error("MiLoRA(rank=4)", "bfloat16")
+    assert rounded > loop.INIT_ERROR_WARN  # bf16 rounding of W - AB (2.9e-5 measured here)
+    assert "residual_dtype='float32' keeps the residual exact" in capsys.readouterr().out
+    exact = error("MiLoRA(rank=4, residual_dtype='float32')", "bfloat16")
+    assert exact < 1e-5 and exact < rounded / 100
+    assert "do not start at the base model" not in capsys.readouterr().out
+    assert error("LoRA(rank=4)", "bfloat16") == 0.0
+    assert error("DoRA(rank=4)", "bfloat16") < 1e-6

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from morejax import commands
+from morejax import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def bpe_tokenizer(tmp_path, shared_data) -> str:
 
 def test_decoder_training_reports_loss_and_generation_accuracy(tmp_path, bpe_tokenizer):
     workdir = tmp_path / "run"
-    rc = commands.main(
+    rc = cli.main(
         [
             "train",
             str(ROOT / "configs" / "smoke_tiny_lm.py"),

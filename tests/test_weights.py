@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from morejax import weights
+from morejax.models import weights
 from morejax.models.bert import (
     BertConfig,
     BertEncoder,

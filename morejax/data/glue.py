@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from morejax.metrics import TASK_METRICS, canonical_task
+from morejax.data.metrics import TASK_METRICS, canonical_task
 
 __all__ = [
     "DEFAULT_MAX_LEN",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -28,3 +29,45 @@ def lowrank_apply(a, b, x, scale):
 
 def lowrank_delta(a, b, scale):
     return scale * jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+# ----------------------------------------------------------------------------- argument checks
+# Fiddle builds the method dataclasses from configs, so these fire when a config is built.
+
+
+def check_int(method, name: str, low: int = 1) -> None:
+    value = getattr(method, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(
+            f"{type(method).__name__}.{name}={value!r} is out of range: it must be an integer "
+            f"in [{low}, inf)"
+        )
+
+
+def check_dropout(method) -> None:
+    value = method.dropout
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        raise ValueError(
+            f"{type(method).__name__}.dropout={value!r} is out of range: it must be a rate in "
+            "[0, 1) (0 turns dropout off)"
+        )
+
+
+def check_alpha(method) -> None:
+    value = method.alpha
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(
+            f"{type(method).__name__}.alpha={value!r} is out of range: it must be a number in "
+            "(0, inf) (the scale is alpha / rank)"
+        )
+
+
+def check_rank_fits(method, kernel_shape) -> None:
+    """A rank above min(d_in, d_out) only adds redundant parameters (and breaks the SVD slice)."""
+    d_in, d_out = kernel_shape
+    if method.rank > min(d_in, d_out):
+        raise ValueError(
+            f"{type(method).__name__}.rank={method.rank} does not fit a {tuple(kernel_shape)} "
+            f"kernel: the rank must be in [1, {min(d_in, d_out)}] (min(d_in, d_out)); lower "
+            "the rank or leave this kernel out of the rules"
+        )

@@ -32,24 +32,35 @@ class DoRA:
     alpha: float = 8.0
     dropout: float = 0.0
 
+    def __post_init__(self):
+        _common.check_int(self, "rank")
+        _common.check_alpha(self)
+        _common.check_dropout(self)
+
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
     def init(self, key, kernel):
         d_in, d_out = kernel.shape
+        _common.check_rank_fits(self, kernel.shape)
         a = _common.kaiming_uniform_a(key, d_in, self.rank)
-        magnitude = jnp.linalg.norm(kernel.astype(jnp.float32), axis=0)
-        return {"A": a, "B": jnp.zeros((self.rank, d_out), jnp.float32), "m": magnitude}, kernel
+        b = jnp.zeros((self.rank, d_out), jnp.float32)
+        # ||K|| by the same arithmetic apply uses, so m / norm is 1 to the last bit at init.
+        magnitude = _column_norm(kernel, a, b, self.scale)
+        return {"A": a, "B": b, "m": magnitude}, kernel
 
     def apply(self, params, x, kernel=None, *, rng=None):
         if kernel is None:
             raise ValueError("DoRA.apply needs the kernel: its column norms set the scale")
         a, b, m = params["A"], params["B"], params["m"]
-        ratio = (m / _column_norm(kernel, a, b, self.scale)).astype(x.dtype)
-        base_y = x @ kernel.astype(x.dtype)
+        # m / norm stays near 1, where bf16's spacing is 2^-8: rounded there, small magnitude
+        # updates snap back to exactly 1. So the ratio and the sum stay float32; only Δy is cast.
+        f32 = jnp.float32
+        ratio = m.astype(f32) / _column_norm(kernel, a, b, self.scale)
+        base_y = jnp.matmul(x, kernel.astype(x.dtype), preferred_element_type=f32)
         lora_y = _common.lowrank_apply(a, b, _common.dropout(x, self.dropout, rng), self.scale)
-        return (ratio - 1) * base_y + ratio * lora_y
+        return ((ratio - 1) * base_y + ratio * lora_y.astype(f32)).astype(x.dtype)
 
     def delta(self, params, kernel=None):
         if kernel is None:

@@ -17,12 +17,18 @@ class LoRA:
     dropout: float = 0.0
     rslora: bool = False
 
+    def __post_init__(self):
+        _common.check_int(self, "rank")
+        _common.check_alpha(self)
+        _common.check_dropout(self)
+
     @property
     def scale(self) -> float:
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
     def init(self, key, kernel):
         d_in, d_out = kernel.shape
+        _common.check_rank_fits(self, kernel.shape)
         a = _common.kaiming_uniform_a(key, d_in, self.rank)
         return {"A": a, "B": jnp.zeros((self.rank, d_out), jnp.float32)}, kernel
 

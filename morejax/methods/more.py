@@ -18,6 +18,8 @@ import jax.numpy as jnp
 
 from morejax.methods import _common
 
+BLOCK_OUT = ("current", "paper")
+
 
 def block_shapes(d_in: int, d_out: int, nblocks: int, block_out: str = "current"):
     """(nb_eff, p, s): input block size p, output block size s, blocks kept."""
@@ -28,7 +30,7 @@ def block_shapes(d_in: int, d_out: int, nblocks: int, block_out: str = "current"
     elif block_out == "paper":  # paper-time counts (more params on rectangular MLPs)
         s = p * math.ceil(d_out / d_in)
     else:
-        raise ValueError(f"block_out must be 'current' or 'paper', got {block_out!r}")
+        raise ValueError(f"block_out must be one of {BLOCK_OUT}, got {block_out!r}")
     return nb_eff, p, s
 
 
@@ -40,6 +42,13 @@ class MoRe:
     block_out: str = "current"
 
     def __post_init__(self):
+        _common.check_int(self, "nblocks")
+        _common.check_int(self, "rank")
+        _common.check_dropout(self)
+        if self.block_out not in BLOCK_OUT:
+            raise ValueError(
+                f"MoRe.block_out={self.block_out!r} is not allowed: use one of {BLOCK_OUT}"
+            )
         if self.rank < self.nblocks:
             warnings.warn(
                 f"MoRe rank {self.rank} < nblocks {self.nblocks}: output groups do not see every "
@@ -49,6 +58,11 @@ class MoRe:
 
     def init(self, key, kernel):
         d_in, d_out = kernel.shape
+        if self.nblocks > d_in:
+            raise ValueError(
+                f"MoRe.nblocks={self.nblocks} does not fit a {tuple(kernel.shape)} kernel: "
+                f"nblocks must be in [1, {d_in}] (d_in); lower nblocks or leave this kernel out"
+            )
         nb_eff, p, s = block_shapes(d_in, d_out, self.nblocks, self.block_out)
         bound = 1.0 / math.sqrt(p)
         left = jax.random.uniform(key, (nb_eff, self.rank, p), jnp.float32, -bound, bound)

@@ -634,7 +634,7 @@ def load_hf_checkpoint(path, config: LlamaConfig | None = None, *, unknown="warn
     ``overrides`` replace config fields (e.g. ``scan_layers=True``, ``dtype=...``);
     params are stored in ``config.param_dtype`` whatever the checkpoint holds.
     """
-    from morejax import weights
+    from morejax.models import weights
 
     path = Path(path)
     if config is None:
@@ -655,7 +655,7 @@ def load_hf_checkpoint(path, config: LlamaConfig | None = None, *, unknown="warn
 
 def save_hf_checkpoint(params, config: LlamaConfig, path, *, max_shard_bytes=None):
     """Writes ``config.json`` plus safetensors in Hugging Face layout (sharded if asked)."""
-    from morejax import weights
+    from morejax.models import weights
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

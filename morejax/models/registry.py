@@ -16,8 +16,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from morejax import weights
-from morejax.models import bert
+from morejax.models import bert, weights
 
 __all__ = ["Pretrained", "PRETRAINED", "load_pretrained", "find_model_dir", "NotInstalledError"]
 
@@ -166,7 +165,7 @@ def _tokenizer_in(path: Path):
     """The folder's tokenizer.json, or None when it ships none."""
     if not (path / "tokenizer.json").is_file():
         return None
-    from morejax.tokenizer import load_tokenizer
+    from morejax.models.tokenizer import load_tokenizer
 
     return load_tokenizer(path)
 
@@ -201,7 +200,7 @@ def _load_smollm2(scan_layers, dtype, param_dtype, overrides: dict) -> Pretraine
     if importlib.util.find_spec("gguf") is None:
         raise NotInstalledError(f"smollm2-135m needs the gguf package; run: {pip}")
     try:
-        from morejax.gguf import load_smollm2
+        from morejax.models.gguf import load_smollm2
         from morejax.models.llama import LlamaForCausalLM
     except ImportError as e:
         raise ImportError(f"smollm2-135m needs morejax.gguf and morejax.models.llama: {e}") from e

@@ -1,23 +1,9 @@
-"""The ``morejax`` command line: one argparse subcommand per task.
-
-Each subcommand registers itself with an ``add_<name>_parser(subparsers)``
-function that sets ``func`` (the handler taking the parsed args and returning
-an exit code), so ``train``, ``eval``, ``params`` and ``sweep`` slot in beside
-``generate`` without touching ``main``. Heavy imports (jax, models) happen
-inside handlers so ``morejax --help`` stays fast.
-"""
+"""`morejax generate`: greedy or sampled decoding with a pretrained causal LM."""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Sequence
-
-__all__ = ["build_parser", "add_generate_parser", "load_model", "main", "run"]
-
-
-# ----------------------------------------------------------------------------- generate
 
 
 def load_model(name: str, *, scan_layers: bool = True, dtype=None, param_dtype=None):
@@ -29,7 +15,7 @@ def load_model(name: str, *, scan_layers: bool = True, dtype=None, param_dtype=N
 
     path = Path(name)
     if path.suffix == ".gguf" and path.is_file():
-        from morejax.gguf import load_gguf
+        from morejax.models.gguf import load_gguf
         from morejax.models.llama import LlamaForCausalLM
 
         config, params, tokenizer = load_gguf(
@@ -69,7 +55,7 @@ def _is_llama_dir(path) -> bool:
 
 
 def _run_generate(args) -> int:
-    from morejax.generate import generate_text
+    from morejax.models.generate import generate_text
 
     if args.max_new_tokens < 1:
         print("error: --max-new-tokens must be >= 1", file=sys.stderr)
@@ -122,58 +108,3 @@ def add_generate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-scan", action="store_true", help="unscanned layers (slower to compile)")
     p.set_defaults(func=_run_generate)
     return p
-
-
-# ----------------------------------------------------------------------------- main
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="morejax", description="Parameter-efficient fine-tuning in JAX/Flax."
-    )
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="show the traceback of an error (also MOREJAX_DEBUG=1)",
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from morejax import commands  # the training commands import more; load them only here
-
-    commands.register(subparsers)
-    add_generate_parser(subparsers)
-    return parser
-
-
-# What a user can cause and fix (a bad config, value, path, file or missing package): one
-# line on stderr, exit code 2. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
-
-
-def error_line(e: BaseException) -> str:
-    """The exception's message on one line (notes such as fiddle's context included)."""
-    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    parts = [str(text), *getattr(e, "__notes__", [])]
-    if isinstance(e, OSError) and e.filename and str(e.filename) not in parts[0]:
-        parts.append(str(e.filename))
-    return " ".join(" ".join(p.split()) for p in parts if str(p).strip())
-
-
-def run(args, debug: bool = False) -> int:
-    """Run a parsed command; user errors become one line and exit code 2."""
-    debug = debug or os.environ.get("MOREJAX_DEBUG", "").strip() not in ("", "0")
-    try:
-        return args.func(args)
-    except USER_ERRORS as e:
-        if debug:
-            raise
-        print(f"error: {error_line(e)} (--debug for the traceback)", file=sys.stderr)
-        return 2
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run(args, args.debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from morejax import weights
+from morejax.models import weights
 from morejax.models.llama import LlamaConfig, abstract_params
 
 __all__ = [

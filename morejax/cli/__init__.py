@@ -1,0 +1,64 @@
+"""The ``morejax`` command line: `train`, `eval`, `params`, `sweep`, `generate`.
+
+Each subcommand module registers its parser and sets ``func`` (the handler taking the
+parsed args and returning an exit code). Heavy imports (jax, models) happen inside
+handlers so ``morejax --help`` stays fast. A user error prints one line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "error_line", "main", "run"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from morejax.cli import generate, sweep, train
+
+    parser = argparse.ArgumentParser(
+        prog="morejax", description="Parameter-efficient fine-tuning in JAX/Flax."
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an error (also MOREJAX_DEBUG=1)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    train.register(subparsers)
+    sweep.register(subparsers)
+    generate.add_generate_parser(subparsers)
+    return parser
+
+
+# What a user can cause and fix (a bad config, value, path, file or missing package): one
+# line on stderr, exit code 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
+
+
+def error_line(e: BaseException) -> str:
+    """The exception's message on one line (notes such as fiddle's context included)."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    parts = [str(text), *getattr(e, "__notes__", [])]
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in parts[0]:
+        parts.append(str(e.filename))
+    return " ".join(" ".join(p.split()) for p in parts if str(p).strip())
+
+
+def run(args, debug: bool = False) -> int:
+    """Run a parsed command; user errors become one line and exit code 2."""
+    debug = debug or os.environ.get("MOREJAX_DEBUG", "").strip() not in ("", "0")
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        if debug:
+            raise
+        print(f"error: {error_line(e)} (--debug for the traceback)", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args, args.debug)

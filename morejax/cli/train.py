@@ -1,0 +1,123 @@
+"""`morejax train`, `eval` and `params`: one experiment file, `--set` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from morejax.train import config
+
+
+def common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="experiment file (configs/*.py) defining config()")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a nested value, e.g. --set adapter.rank=8 (values are Python literals; "
+        "text fields take the text as written)",
+    )
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="fine-tune with a config file (resumes a workdir)")
+    common_arguments(p)
+    p.add_argument("--workdir", help="run directory (default runs/<config name>)")
+    p.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a workdir whose checkpoint was made with other config values",
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a run's best or latest checkpoint")
+    common_arguments(p)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--checkpoint", default="best", help="best | latest | STEP")
+    p.set_defaults(func=cmd_eval)
+
+    p = subparsers.add_parser("params", help="adapted-parameter table from shapes alone")
+    common_arguments(p)
+    p.add_argument("--totals", action="store_true", help="print the totals only")
+    p.set_defaults(func=cmd_params)
+
+
+def load(args, extra: dict | None = None):
+    return config.load(args.config, args.set, extra)
+
+
+def default_workdir(args, suffix: str = "") -> Path:
+    return Path("runs") / (Path(args.config).stem + suffix)
+
+
+def run_one(cfg, workdir: Path, *, stop_at=None, progress=True, allow_config_change=False):
+    """Print and write the resolved config, then train (resuming when the workdir has a run)."""
+    from morejax.train import loop
+
+    config.resolve(cfg)
+    print("resolved config:\n" + config.to_text(cfg), flush=True)
+    exp = config.build(cfg)
+    config.write_resolved(cfg, workdir)
+    return loop.train(
+        exp,
+        workdir,
+        resolved=config.to_json(cfg),
+        stop_at=stop_at,
+        progress=progress,
+        allow_config_change=allow_config_change,
+    )
+
+
+def cmd_train(args) -> int:
+    cfg = load(args)
+    workdir = Path(args.workdir) if args.workdir else default_workdir(args)
+    out = run_one(
+        cfg,
+        workdir,
+        stop_at=args.stop_at,
+        progress=not args.no_progress,
+        allow_config_change=args.allow_config_change,
+    )
+    final = out["final"]
+    if isinstance(final, dict):
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
+        print(f"dev at step {out['step']}: {shown}")
+    elif final:
+        print(f"dev at step {out['step']}, per member: {final}")
+    if out["best"] is not None:
+        print(f"best dev {out['metric']} {out['best']:.4f} at step {out['best_step']} (kept)")
+    print(f"adapter checkpoint: {out['checkpoint'] or '(none yet)'}; workdir {workdir}")
+    print(f"wall time {out['wall_s']:.0f} s, {out['step']} / {out['steps']} steps")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from morejax.train import evaluate
+
+    cfg = load(args)
+    exp = config.build(cfg)
+    out = evaluate.evaluate_checkpoint(exp, args.workdir, args.checkpoint)
+    print(f"checkpoint {out['checkpoint']} (step {out['step']})")
+    for i, r in enumerate(out["results"]):
+        label = f"member {i}: " if len(out["results"]) > 1 else ""
+        print(label + ", ".join(f"{k} {v:.4f}" for k, v in r.items()))
+    print(json.dumps(out["results"]))
+    return 0
+
+
+def cmd_params(args) -> int:
+    from morejax.train import setup
+
+    exp = config.build(load(args))
+    summary = setup.param_summary(exp)
+    if not args.totals:
+        print(summary.table())
+    else:
+        print(f"adapter params: {summary.adapter_params:,}")
+        print(f"other trainable: {summary.other_trainable:,}")
+        print(f"model params: {summary.model_params:,}")
+    return 0

@@ -1,0 +1,127 @@
+"""Evaluation: the task's metrics on each validation split (GLUE) or loss and
+generation accuracy (reasoning sets), per member; restoring a run's checkpoint to score it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from morejax.train import checkpoints, distributed
+from morejax.train.config import Experiment
+from morejax.train.inputs import task_kind
+from morejax.train.mesh import gather, replicated
+from morejax.train.setup import setup
+from morejax.train.step import compile_eval_step, make_forward
+
+
+def metric_of(exp: Experiment) -> tuple[str, str]:
+    default = "score"
+    if task_kind(exp) == "lm":
+        default = "accuracy" if exp.data.generate_sets else "loss"
+    name = exp.metric or default
+    return name, "min" if name in ("loss", "perplexity") else "max"
+
+
+def evaluate(
+    exp, eval_step, adapters, base, dev: dict, n_members: int | None, loaded=None
+) -> list[dict]:
+    """The task metrics on each evaluation split; one dict per member (one for a single run).
+
+    Several splits (MNLI matched / mismatched) are reported under their names, and `score`
+    is their mean.
+    """
+    per_split = {
+        split: evaluate_split(exp, eval_step, adapters, base, b, n_members, loaded)
+        for split, b in dev.items()
+    }
+    if len(per_split) == 1:
+        return next(iter(per_split.values()))
+    rows = []
+    for m in range(len(next(iter(per_split.values())))):
+        row = {}
+        for split, results in per_split.items():
+            name = split.removeprefix("validation_")
+            row.update({f"{name}/{k}": v for k, v in results[m].items()})
+        row["score"] = float(np.mean([results[m]["score"] for results in per_split.values()]))
+        rows.append(row)
+    return rows
+
+
+def evaluate_split(
+    exp, eval_step, adapters, base, dev_batches, n_members: int | None, loaded=None
+) -> list[dict]:
+    outs, labels, valid = [], [], []
+    for batch in dev_batches:
+        out, y, v = eval_step(adapters, base, batch)
+        outs.append(gather(out))
+        labels.append(gather(y))
+        valid.append(gather(v) > 0)
+    keep = np.concatenate(valid)
+    out = np.concatenate(outs, axis=1 if n_members else 0)
+    y = np.concatenate(labels)[keep]
+    results = []
+    for o in out if n_members else out[None]:
+        o = o[keep]
+        if task_kind(exp) == "lm":
+            if o[:, 1].sum() == 0:
+                raise ValueError(
+                    f"no response tokens in the evaluation split after truncation to "
+                    f"data.max_len={exp.data.max_len}: raise data.max_len"
+                )
+            loss = float(o[:, 0].sum() / o[:, 1].sum())
+            results.append({"loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))})
+            if exp.data.generate_sets and loaded is not None:
+                member = len(results) - 1
+                mine = jax.tree.map(lambda a, m=member: a[m], adapters) if n_members else adapters
+                results[-1].update(generation_accuracy(exp.data, loaded, base, mine))
+        else:
+            from morejax.data.metrics import glue_metrics
+
+            results.append(glue_metrics(exp.data.task, o, y))
+    return results
+
+
+def generation_accuracy(data, loaded, base, adapters) -> dict:
+    """Accuracy per reasoning set by greedy generation with the adapters, and the average."""
+    from morejax.data import reasoning
+    from morejax.models import generate
+
+    pretrained = (loaded.model, None, loaded.tokenizer)
+    generate_fn = generate.text_generator(
+        pretrained, base, adapters, max_new_tokens=data.generate_tokens
+    )
+    scores = reasoning.evaluate(
+        generate_fn,
+        list(data.generate_sets),
+        root=data.local_dir,
+        limit=data.generate_limit,
+        batch_size=data.eval_batch_size,
+    )
+    return {"accuracy": scores.pop("average"), **{f"accuracy/{k}": v for k, v in scores.items()}}
+
+
+def restore_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best"):
+    """(setup, step, adapters, checkpoint dir) of a run's checkpoint: 'best', 'latest', a step."""
+    s = setup(exp)
+    metric, mode = metric_of(exp)
+    ckpt = checkpoints.Checkpoints(Path(workdir) / "checkpoints", metric=metric, mode=mode)
+    try:
+        step = ckpt.resolve(which)
+        like = distributed.put(s.adapters, replicated(s.mesh, s.adapters))
+        adapters = ckpt.restore_adapters(step, like)
+    finally:
+        ckpt.close()
+    return s, step, adapters, ckpt.step_dir(step)
+
+
+def evaluate_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best") -> dict:
+    """Restore a checkpoint's adapters and evaluate them."""
+    s, step, adapters, where = restore_checkpoint(exp, workdir, which)
+    eval_step = compile_eval_step(
+        make_forward(s.loaded.model, s.loaded.family), s.kind, s.n_members is not None
+    )
+    results = evaluate(exp, eval_step, adapters, s.base, s.dev_batches, s.n_members, s.loaded)
+    return {"step": step, "checkpoint": str(where), "results": results}

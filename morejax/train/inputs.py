@@ -1,0 +1,139 @@
+"""Data for a run: splits loaded and checked, batched for training and evaluation.
+
+The task decides the loss (`task_kind`); a run's seed orders its data unless `data.seed`
+pins it; a split whose examples would be cut at `data.max_len` says so.
+"""
+
+from __future__ import annotations
+
+from morejax.train.config import Experiment
+
+
+def task_kind(exp: Experiment) -> str:
+    if exp.data.kind == "reasoning":
+        return "lm"
+    return "regression" if exp.model.num_labels == 1 else "classification"
+
+
+BATCH_KEYS = {
+    "classification": ("input_ids", "attention_mask", "token_type_ids", "labels", "valid"),
+    "regression": ("input_ids", "attention_mask", "token_type_ids", "labels", "valid"),
+    "lm": ("input_ids", "attention_mask", "loss_mask", "valid"),
+}
+
+
+class Head:
+    """The first `limit` examples of a random-access source (smoke runs, tests)."""
+
+    def __init__(self, source, limit: int | None):
+        self.source, self.n = source, len(source) if limit is None else min(limit, len(source))
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.source[i]
+
+
+def load_split(data, split: str, limit: int | None, num_labels: int | None = None):
+    """A split's examples; GLUE labels are checked against the head here, not as a NaN later."""
+    if data.kind == "glue":
+        from morejax.data import glue
+
+        source = glue.load(
+            data.task, split, local_dir=data.local_dir, data_dir=data.data_dir, normalize=True
+        )
+        if num_labels is not None:
+            glue.check_labels(data.task, source, num_labels, split)
+    else:
+        from morejax.data import reasoning
+
+        source = reasoning.load_examples(data.task, split, data.local_dir)
+    return Head(source, limit)
+
+
+def data_seed(data, seed: int) -> int:
+    """The data order's seed: the run's seed unless `data.seed` pins one."""
+    return seed if data.seed is None else int(data.seed)
+
+
+def batches(
+    data,
+    kind: str,
+    source,
+    tokenizer,
+    batch_size: int,
+    *,
+    train: bool,
+    seed: int = 0,
+    num_labels: int | None = None,
+):
+    """Training: endless shuffled global batches (this process's rows), restorable.
+    Evaluation: one ordered pass, the remainder padded with `valid=0` rows."""
+    from morejax.data import pipeline
+
+    kw = dict(data.pipeline or {})
+    if kind == "lm":
+        fn = pipeline.decoder_batches
+    else:
+        fn = pipeline.encoder_batches
+        kw.setdefault("num_labels", num_labels)
+    return fn(
+        source,
+        tokenizer,
+        batch_size=batch_size,
+        max_len=data.max_len,
+        buckets=data.buckets,
+        seed=seed,
+        shuffle=train,
+        epochs=None if train else 1,
+        drop_remainder=train,
+        num_threads=data.num_threads,
+        **kw,
+    )
+
+
+def train_batches(exp: Experiment, kind: str, source, tokenizer, seeds: list, vec: bool):
+    """The training stream: one iterator, or one per member stacked on a leading axis."""
+    from morejax.data import pipeline
+
+    def one(seed):
+        return batches(
+            exp.data,
+            kind,
+            source,
+            tokenizer,
+            exp.batch_size,
+            train=True,
+            seed=data_seed(exp.data, seed),
+            num_labels=exp.model.num_labels,
+        )
+
+    return pipeline.StackedBatches([one(x) for x in seeds]) if vec else one(seeds[0])
+
+
+def eval_splits(data) -> tuple[str, ...]:
+    split = data.eval_split
+    return (split,) if isinstance(split, str) else tuple(split)
+
+
+def truncation_warning(data, kind: str, source, tokenizer, split: str) -> str | None:
+    """Say how many examples of a split are longer than `data.max_len` (cut silently else)."""
+    if kind == "lm" or tokenizer is None:
+        return None
+    from morejax.data import pipeline
+
+    raw = pipeline._unwrap(tokenizer)
+    n = min(len(source), 2000)
+    rows = [source[i] for i in range(n)]
+    texts = [r["text_a"] if r.get("text_b") is None else (r["text_a"], r["text_b"]) for r in rows]
+    lengths = [len(e.ids) for e in pipeline._own_tokenizer(raw).encode_batch(texts)]
+    over = sum(x > data.max_len for x in lengths)
+    if over / max(n, 1) <= 0.01:
+        return None
+    return (
+        f"warning: {over} of {n} {data.task} {split} examples are longer than data.max_len="
+        f"{data.max_len} tokens (longest {max(lengths)}) and are truncated; raise data.max_len"
+    )

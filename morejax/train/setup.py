@@ -1,0 +1,195 @@
+"""Setting up a run: mesh, model, one frozen base, adapters per member, evaluation data.
+
+Each member's seed draws its adapters and its fresh head; the base (pretrained weights in
+`base_dtype`, PiSSA/MiLoRA residuals) is shared. `init_error` checks that the adapted
+model starts where the base model is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+import morejax
+from morejax.train import distributed
+from morejax.train.config import Experiment
+from morejax.train.inputs import (
+    BATCH_KEYS,
+    batches,
+    eval_splits,
+    load_split,
+    task_kind,
+    truncation_warning,
+)
+from morejax.train.logger import say
+from morejax.train.mesh import base_sharding, gather, make_mesh, to_global
+from morejax.train.model import (
+    Loaded,
+    abstract_params,
+    fresh_head,
+    kernel_layout,
+    load_model,
+    model_inputs,
+)
+from morejax.train.step import make_forward
+
+
+def members(exp: Experiment) -> tuple[list[int], list[float]] | None:
+    """Per-member (seeds, peak learning rates) of a vectorised run; None for a single run."""
+    seeds, lrs = list(exp.vmap_seeds or ()), [float(x) for x in exp.vmap_learning_rates or ()]
+    if not seeds and not lrs:
+        return None
+    n = max(len(seeds), len(lrs))
+    seeds, lrs = seeds or [exp.seed], lrs or [float(exp.optimizer.learning_rate)]
+    if len(seeds) not in (1, n) or len(lrs) not in (1, n):
+        raise ValueError(f"vmap_seeds ({len(seeds)}) and vmap_learning_rates ({len(lrs)}) differ")
+    return seeds * (n // len(seeds)), lrs * (n // len(lrs))
+
+
+def seed_keys(seed: int):
+    """(adapter init key, dropout key) of one seed: a vmapped member uses the same ones."""
+    root = jax.random.key(seed)
+    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
+
+
+@dataclasses.dataclass
+class Setup:
+    """What training and evaluation share: mesh, model, frozen base, initial adapters, data."""
+
+    mesh: Any
+    kind: str
+    loaded: Loaded
+    base: Any
+    adapters: Any
+    seeds: list
+    lrs: list
+    n_members: int | None
+    dev_batches: dict
+    init_error: float | None = None
+
+
+def adapt_members(exp: Experiment, loaded: Loaded, seeds: list, layout):
+    """(frozen base, adapters per member): the seed draws the adapters and the fresh head.
+
+    The base (pretrained weights in `base_dtype`, PiSSA/MiLoRA residuals) is the same for
+    every seed, so one copy is kept. Trainable leaves stay float32 whatever the base dtype.
+    """
+    base, adapters = None, []
+    for seed in seeds:
+        params = loaded.params
+        head = fresh_head(loaded, seed)
+        if head is not None:
+            params = {**params, "head": morejax.cast(head, params_dtype(params))}
+        b, a = morejax.adapt(
+            params,
+            exp.all_rules(),
+            seed_keys(seed)[0],
+            exclude=exp.exclude,
+            trainable=exp.trainable,
+            layout=layout,
+        )
+        base = b if base is None else base
+        adapters.append(morejax.cast(a, jnp.float32))
+    return base, adapters
+
+
+def params_dtype(params):
+    floats = [x.dtype for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return floats[0] if floats else jnp.float32
+
+
+def init_error(forward, model, family: str, reference, base, adapters, batch) -> float:
+    """Relative output change of the adapted model at step 0 against the unadapted one.
+
+    Zero for LoRA / MoRe / DoRA; for PiSSA / MiLoRA it is the rounding of the residual to the
+    base dtype, which is the size of the minor components that MiLoRA trains.
+    """
+
+    def plain(params, batch):
+        out = model.apply({"params": params}, *model_inputs(family, batch), deterministic=True)
+        return out[0] if isinstance(out, tuple) else out
+
+    rows = {k: gather(v)[:4] for k, v in batch.items()}
+    want = np.asarray(jax.jit(plain)(reference, rows), np.float64)
+    got = np.asarray(jax.jit(forward)(adapters, base, rows, None), np.float64)
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
+
+
+def setup(exp: Experiment) -> Setup:
+    distributed.initialize_from_env()
+    mesh = make_mesh(exp.mesh)
+    kind = task_kind(exp)
+    vec = members(exp)
+    seeds, lrs = vec if vec else ([exp.seed], [float(exp.optimizer.learning_rate)])
+    loaded = load_model(exp.model, seed=seeds[0])
+    # The base model is the pretrained one in base_dtype: adapters start exactly on it (DoRA's
+    # magnitudes and PiSSA/MiLoRA's SVD see the weights as they are stored).
+    if exp.base_dtype != "float32":
+        loaded.params = morejax.cast(loaded.params, jnp.dtype(exp.base_dtype))
+    layout = kernel_layout(loaded.model, loaded.family, loaded.params)
+    base, adapted = adapt_members(exp, loaded, seeds, layout)
+    adapters = adapted[0] if not vec else jax.tree.map(lambda *xs: jnp.stack(xs), *adapted)
+
+    # The evaluation split(s) as global device arrays, built once.
+    granule = math.lcm(mesh.shape["data"], jax.process_count())
+    eval_bs = int(math.ceil(exp.data.eval_batch_size / granule) * granule)
+    keys = BATCH_KEYS[kind]
+    dev = {}
+    for split in eval_splits(exp.data):
+        source = load_split(exp.data, split, exp.data.eval_limit, exp.model.num_labels)
+        warning = truncation_warning(exp.data, kind, source, loaded.tokenizer, split)
+        if warning:
+            say(warning)
+        dev[split] = [
+            to_global(mesh, {k: b[k] for k in keys}, P("data"))
+            for b in batches(
+                exp.data,
+                kind,
+                source,
+                loaded.tokenizer,
+                eval_bs,
+                train=False,
+                num_labels=exp.model.num_labels,
+            )
+        ]
+
+    error = None
+    if exp.init_check:
+        reference = loaded.params
+        head = fresh_head(loaded, seeds[0])
+        if head is not None:
+            reference = {**reference, "head": morejax.cast(head, params_dtype(reference))}
+        first = next(iter(dev.values()))[0]
+        forward = make_forward(loaded.model, loaded.family)
+        error = init_error(forward, loaded.model, loaded.family, reference, base, adapted[0], first)
+    loaded.params = None
+    base = distributed.put(base, base_sharding(mesh, base))
+    return Setup(
+        mesh, kind, loaded, base, adapters, seeds, lrs, len(seeds) if vec else None, dev, error
+    )
+
+
+def param_summary(exp: Experiment):
+    """The adapted-parameter summary from shapes alone (no weights are read or allocated)."""
+    model, shapes = abstract_params(exp.model)
+    layout = kernel_layout(model, exp.model.family, shapes)
+
+    def adapt(params):
+        key = jax.random.key(exp.seed)
+        return morejax.adapt(
+            params,
+            exp.all_rules(),
+            key,
+            exclude=exp.exclude,
+            trainable=exp.trainable,
+            layout=layout,
+        )
+
+    base, adapters = jax.eval_shape(adapt, shapes)
+    return morejax.summarize(base, adapters)
