@@ -143,3 +143,16 @@ def test_reasoning_eval_of_a_training_run(tmp_path, shared_data):
     assert header == ["ARC-Easy", "average"]  # the config's data.generate_sets
     assert float(values[0]) == pytest.approx(100 * result["final"]["accuracy/ARC-Easy"], abs=0.06)
     assert values[0] == values[1]
+
+
+@smoke("experiments/reliability.py")
+def test_reliability_report(tmp_path, shared_data):
+    out = tmp_path / "reliability.md"
+    run("experiments/reliability.py", "--seeds", "1", "--quick", "--workdir", tmp_path / "w",
+        "--out", out)  # fmt: skip
+    report = out.read_text()
+    assert "## Faults: 1 stops and resumes in 1 chains, 0 with mismatches" in report
+    faults = table(report.split("## Faults")[1].split("## Non-finite")[0])
+    assert faults[1][0] == "SIGTERM" and faults[1][faults[0].index("mismatches at the end")] == "0"
+    assert "error: unknown config path 'adapter.rnak'" in report
+    assert "first non-finite leaf" in report

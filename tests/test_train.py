@@ -252,6 +252,13 @@ def test_resuming_with_another_config_names_the_change(shared_data, runs, tmp_pa
     # Through the command line: one line, exit code 2; with the flag the new rate applies.
     assert cli.main(train_argv) == 2
     assert "--allow-config-change" in capsys.readouterr().err
+    # Another rank does not fit the saved adapters: an error even with the flag, naming the
+    # leaves and the field, and nothing on disk changes.
+    other_rank = argv + ["--set", "adapter.rank=8", "--allow-config-change"]
+    assert cli.main(other_rank) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error:") and "adapter.rank" in err and "kernel/L" in err, err
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == before
     assert cli.main(train_argv + ["--allow-config-change"]) == 0
     lrs = [r["lr"] for r in _rows(stopped, "train") if r["step"] > 3]
     schedule = optim.schedule_shape(config.build(config.load(SMOKE)).optimizer, 8)

@@ -2,7 +2,10 @@
 
 Points are keyed on their resolved config, so a finished point is reused only for exactly
 that config; `--vectorize` trains points that differ only in seed / learning rate as
-members of one compiled program.
+members of one compiled program. A crashed point leaves `failed.json` in its folder and the
+sweep goes on, so a rerun retries only the failed and missing points. `--shard K/N` runs
+one of N disjoint round-robin slices (a job array, a fleet of machines) into the same root;
+`--collect` then builds the one table from the point folders without training.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import sys
 import traceback
 from pathlib import Path
 
@@ -17,10 +21,17 @@ from morejax.cli.train import common_arguments, default_workdir, load, run_one
 from morejax.train import config
 
 VECTORISABLE = ("seed", "optimizer.learning_rate")
+FAILED = "failed.json"  # in a point's folder: its error, until a rerun finishes it
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("sweep", help="run every point of the config's sweep()")
+    p = subparsers.add_parser(
+        "sweep",
+        help="run every point of the config's sweep() (or one --shard), or --collect the table",
+        description="Run every point of the config's sweep() in <workdir>/<point>-<config hash>; "
+        "finished points are skipped, crashed ones are recorded as failed and retried by the "
+        "next run. Exit code 1 when a point failed (or, with --collect, is missing).",
+    )
     common_arguments(p)
     p.add_argument("--workdir", help="sweep directory (default runs/<config name>-sweep)")
     p.add_argument(
@@ -28,8 +39,43 @@ def register(subparsers) -> None:
         action="store_true",
         help="train points that differ only in seed / learning rate in one vmapped program",
     )
+    p.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run only the K-th of N disjoint slices of the points (K = 1..N, round-robin by "
+        "point order; groups, not points, with --vectorize); writes results-shard-K-of-N.csv/.md",
+    )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: gather the finished points of all shards into results.csv/.md, "
+        "list missing and failed ones (pass the same --set / --vectorize as the runs)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_sweep)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` -> (K, N), K counted from 1 like most job arrays; anything else is a clear error."""
+    parts = text.strip().split("/")
+    try:
+        k, n = (int(x) for x in parts)
+    except ValueError:
+        raise ValueError(
+            f"--shard {text!r} is not K/N: give the slice and the slice count as whole "
+            "numbers, e.g. --shard 2/4"
+        ) from None
+    if n < 1 or not 1 <= k <= n:
+        raise ValueError(
+            f"--shard {text!r} is out of range: shards count from 1, so K must be in 1..N "
+            f"and N at least 1 (e.g. --shard 1/{max(n, 1)} .. {max(n, 1)}/{max(n, 1)})"
+        )
+    return k, n
+
+
+def shard_slice(items: list, k: int, n: int) -> list:
+    """The K-th (1-based) of N round-robin slices: disjoint, covering, fixed by the order."""
+    return items[k - 1 :: n]
 
 
 def _groups(points: list[dict], vectorize: bool) -> list[tuple[dict, list[dict]]]:
@@ -44,10 +90,10 @@ def _groups(points: list[dict], vectorize: bool) -> list[tuple[dict, list[dict]]
     return list(groups.values())
 
 
-def _row(point: dict, out: dict | None, member: int | None, error: str | None) -> dict:
+def _row(point: dict, out: dict | None, member: int | None, status: str, error: str = "") -> dict:
     row = {"point": config.point_name(point), **{k: point[k] for k in point}}
-    if error:
-        return {**row, "status": "failed", "error": error}
+    if status != "done":
+        return {**row, "status": status, "error": error}
     final = out.get("final")
     if member is not None:
         best = out["best_members"][member]
@@ -82,12 +128,35 @@ def _point_config(args, shared: dict, group: list[dict], vector: bool):
     return cfg, f"vmap-{config.point_name(shared)}-{config_key(cfg)}"
 
 
+def _is_vector(args, group: list[dict]) -> bool:
+    return args.vectorize and (len(group) > 1 or any(k in group[0] for k in VECTORISABLE))
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
 def cmd_sweep(args) -> int:
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard and args.collect:
+        raise ValueError("--collect gathers every shard: drop --shard (or run the shard first)")
     root = Path(args.workdir) if args.workdir else default_workdir(args, "-sweep")
-    points = config.sweep_points(args.config)
+    groups = _groups(config.sweep_points(args.config), args.vectorize)
+    if args.collect:
+        return collect(args, root, groups)
+    stem, what = "results", "points"
+    if shard:
+        k, n = shard
+        groups = shard_slice(groups, k, n)
+        stem, what = f"results-shard-{k}-of-{n}", f"points of shard {k}/{n}"
+        if not groups:
+            print(f"[sweep] shard {k}/{n} has no points (the sweep has fewer than {n} programs)")
+    from morejax.train.loop import Preempted
+
     rows, failed = [], 0
-    for shared, group in _groups(points, args.vectorize):
-        vector = args.vectorize and (len(group) > 1 or any(k in group[0] for k in VECTORISABLE))
+    for shared, group in groups:
+        vector = _is_vector(args, group)
+        workdir = None
         try:
             cfg, name = _point_config(args, shared, group, vector)
             workdir = root / name
@@ -98,38 +167,97 @@ def cmd_sweep(args) -> int:
             else:
                 print(f"[sweep] {name}: running", flush=True)
                 out = run_one(cfg, workdir, progress=not args.no_progress)
+                (workdir / FAILED).unlink(missing_ok=True)
             for i, p in enumerate(group):
-                rows.append(_row(p, out, i if vector else None, None))
+                rows.append(_row(p, out, i if vector else None, "done"))
+        except Preempted as e:  # the whole job is being stopped: not a failed point
+            write_table(rows, root, stem)
+            print(f"preempted: {e}; rerun the sweep to resume", file=sys.stderr, flush=True)
+            return e.exit_code
         except Exception as e:  # one failing point does not stop the sweep
             traceback.print_exc()
-            failed += 1
+            failed += len(group)
+            error = _one_line(e)
+            if workdir is not None:  # so --collect can tell failed from not yet run
+                workdir.mkdir(parents=True, exist_ok=True)
+                record = {"error": error, "traceback": traceback.format_exc()}
+                (workdir / FAILED).write_text(json.dumps(record, indent=1) + "\n")
             for p in group:
-                rows.append(_row(p, None, None, f"{type(e).__name__}: {e}"))
-    write_table(rows, root)
+                rows.append(_row(p, None, None, "failed", error))
+    write_table(rows, root, stem)
     print(markdown(rows))
-    print(f"[sweep] {len(rows)} points, {failed} failed; table in {root}/results.csv and .md")
+    print(f"[sweep] {len(rows)} {what}, {failed} failed; table in {root}/{stem}.csv and .md")
+    if failed:
+        print("[sweep] rerun the same command to retry the failed points (finished ones are kept)")
     return 1 if failed else 0
 
 
-def write_table(rows: list[dict], root: Path) -> None:
+def collect(args, root: Path, groups: list[tuple[dict, list[dict]]]) -> int:
+    """The one table of the current config's points from their folders; trains nothing."""
+    rows = []
+    for shared, group in groups:
+        vector = _is_vector(args, group)
+        try:
+            _, name = _point_config(args, shared, group, vector)
+        except Exception as e:  # the runner records this point as failed too
+            rows += [_row(p, None, None, "failed", _one_line(e)) for p in group]
+            continue
+        workdir = root / name
+        if (workdir / "results.json").is_file():
+            out = json.loads((workdir / "results.json").read_text())
+            rows += [_row(p, out, i if vector else None, "done") for i, p in enumerate(group)]
+        elif (workdir / FAILED).is_file():
+            error = json.loads((workdir / FAILED).read_text()).get("error", "")
+            rows += [_row(p, None, None, "failed", error) for p in group]
+        else:
+            note = "started, not finished (running or stopped)" if workdir.is_dir() else ""
+            rows += [_row(p, None, None, "missing", note) for p in group]
+    write_table(rows, root)
+    print(markdown(rows))
+    bad = {s: [r["point"] for r in rows if r["status"] == s] for s in ("missing", "failed")}
+    done = len(rows) - len(bad["missing"]) - len(bad["failed"])
+    print(f"[sweep] collected {done} of {len(rows)} points into {root}/results.csv and .md")
+    for status, names in bad.items():
+        if names:
+            print(f"[sweep] {len(names)} {status}: {', '.join(names)}")
+    if bad["missing"] and not done and _other_layout(root, args.vectorize):
+        other = "with" if not args.vectorize else "without"
+        print(f"[sweep] {root} holds runs made {other} --vectorize: collect with the same flags")
+    if bad["missing"] or bad["failed"]:
+        print("[sweep] run the sweep (or its missing shards) again to finish them")
+        return 1
+    return 0
+
+
+def _other_layout(root: Path, vectorize: bool) -> bool:
+    """Whether the sweep root holds folders of the other layout (vectorised or not)."""
+    if not root.is_dir():
+        return False
+    return any(d.is_dir() and d.name.startswith("vmap-") != vectorize for d in root.iterdir())
+
+
+def write_table(rows: list[dict], root: Path, stem: str = "results") -> None:
     root.mkdir(parents=True, exist_ok=True)
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    with open(root / "results.csv", "w", newline="") as f:
+    with open(root / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows(rows)
-    (root / "results.md").write_text(markdown(rows) + "\n")
+    (root / f"{stem}.md").write_text(markdown(rows) + "\n")
 
 
 def markdown(rows: list[dict]) -> str:
     cols = []
     for r in rows:
-        cols += [k for k in r if k not in cols and k not in ("workdir", "error")]
+        cols += [k for k in r if k not in cols and k != "workdir"]
 
     def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+        text = f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+        text = " ".join(text.split())  # one table line per point, whatever the error says
+        text = text if len(text) <= 200 else text[:199] + "…"
+        return text.replace("|", "\\|")
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from morejax.train import config
@@ -73,15 +74,26 @@ def run_one(cfg, workdir: Path, *, stop_at=None, progress=True, allow_config_cha
 
 
 def cmd_train(args) -> int:
+    from morejax.train.loop import Preempted
+
     cfg = load(args)
     workdir = Path(args.workdir) if args.workdir else default_workdir(args)
-    out = run_one(
-        cfg,
-        workdir,
-        stop_at=args.stop_at,
-        progress=not args.no_progress,
-        allow_config_change=args.allow_config_change,
-    )
+    try:
+        out = run_one(
+            cfg,
+            workdir,
+            stop_at=args.stop_at,
+            progress=not args.no_progress,
+            allow_config_change=args.allow_config_change,
+        )
+    except Preempted as e:
+        print(f"preempted: {e} (exit code {e.exit_code})", file=sys.stderr, flush=True)
+        return e.exit_code
+    report(out, workdir)
+    return 0
+
+
+def report(out: dict, workdir: Path) -> None:
     final = out["final"]
     if isinstance(final, dict):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in final.items())
@@ -92,7 +104,6 @@ def cmd_train(args) -> int:
         print(f"best dev {out['metric']} {out['best']:.4f} at step {out['best_step']} (kept)")
     print(f"adapter checkpoint: {out['checkpoint'] or '(none yet)'}; workdir {workdir}")
     print(f"wall time {out['wall_s']:.0f} s, {out['step']} / {out['steps']} steps")
-    return 0
 
 
 def cmd_eval(args) -> int:

@@ -133,6 +133,9 @@ class Experiment:
     of this config in one compiled program (a vectorised sweep). `seed` draws the adapters,
     the fresh head, dropout and (unless `data.seed` pins it) the data order.
     `init_check` measures how far the adapted model is from the base model at step 0.
+    `nonfinite`: a step with a non-finite loss or gradient stops the run ('stop', naming the
+    step and the first bad leaf; the last good checkpoint is kept) or is skipped ('skip',
+    counted and logged). `inject_nan_at` poisons that step's gradients (fault-injection tests).
     """
 
     name: str = "experiment"
@@ -160,6 +163,8 @@ class Experiment:
     vmap_seeds: tuple[int, ...] = ()
     vmap_learning_rates: tuple[float, ...] = ()
     init_check: bool = True
+    nonfinite: str = "stop"
+    inject_nan_at: int | None = None
 
     def all_rules(self) -> dict:
         """The ordered adapter rules: extra `rules` first, then `targets -> adapter`."""

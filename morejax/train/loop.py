@@ -4,10 +4,13 @@ save), summarise. Each step of a run is a named function below `train`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import morejax
+from morejax import paths
 from morejax.train import checkpoints, distributed
 from morejax.train.checkpoints import is_better
 from morejax.train.config import Experiment
@@ -58,10 +62,10 @@ def train(
     describe(exp, s)
     stream, steps = training_data(exp, s)
     run = start_run(exp, s, steps, workdir, resolved or {})
-    if run.ckpt.latest_step() is not None:
-        restore(run, s, stream, allow_config_change)
+    restore(run, s, stream, allow_config_change)
     try:
-        last_eval = loop(exp, s, run, stream, stop_at, progress)
+        with stop_signals() as stop:
+            last_eval = loop(exp, s, run, stream, stop_at, progress, stop)
     finally:
         run.logger.close()
         run.ckpt.wait()
@@ -86,10 +90,18 @@ class Run:
     metric: str
     mode: str
     resolved: dict
+    leaf_names: list = dataclasses.field(default_factory=list)
+    skip_nonfinite: bool = False
     step: int = 0
     data_state: dict | None = None
+    checked: int = 0  # steps whose finiteness was checked
     meta: dict = dataclasses.field(
-        default_factory=lambda: {"best": None, "best_step": None, "best_members": None}
+        default_factory=lambda: {
+            "best": None,
+            "best_step": None,
+            "best_members": None,
+            "skipped_steps": 0,
+        }
     )
 
 
@@ -156,26 +168,46 @@ def start_run(exp: Experiment, s: Setup, steps: int, workdir: Path, resolved: di
         keys = seed_keys(exp.seed)[1]
     state = {"adapters": s.adapters, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
     state = distributed.put(state, replicated(s.mesh, state))
+    if exp.nonfinite not in ("stop", "skip"):
+        raise ValueError(f"nonfinite must be 'stop' or 'skip', got {exp.nonfinite!r}")
     forward = make_forward(s.loaded.model, s.loaded.family)
-    member_step = make_member_step(forward, s.kind, tx, shape, exp.dropout)
+    member_step = make_member_step(
+        forward,
+        s.kind,
+        tx,
+        shape,
+        exp.dropout,
+        skip_nonfinite=exp.nonfinite == "skip",
+        poison_step=exp.inject_nan_at,
+    )
     metric, mode = metric_of(exp)
+    ckpt = checkpoints.Checkpoints(workdir / "checkpoints", metric=metric, mode=mode)
+    ckpt.probe(state)  # an unwritable or full workdir fails now, not at the first save
+    flat = jax.tree_util.tree_flatten_with_path(one_member(s)(s.adapters))[0]
     return Run(
         steps=steps,
         state=state,
         keys=keys,
         train_step=compile_train_step(member_step, s.mesh, state, s.base, vec),
         eval_step=compile_eval_step(forward, s.kind, vec),
-        ckpt=checkpoints.Checkpoints(workdir / "checkpoints", metric=metric, mode=mode),
+        ckpt=ckpt,
         logger=Logger(workdir),
         metric=metric,
         mode=mode,
         resolved=resolved,
+        leaf_names=[paths.path_str(kp) for kp, _ in flat],
+        skip_nonfinite=exp.nonfinite == "skip",
     )
 
 
 def restore(run: Run, s: Setup, stream, allow_config_change: bool) -> None:
-    """The latest checkpoint: adapters, optimizer, step, data position, best so far."""
-    restored = run.ckpt.restore(run.ckpt.latest_step(), run.state)
+    """The newest readable checkpoint, if any: adapters, optimizer, step, data position, best
+    so far. A damaged newest step is reported and the previous one used; one of another
+    model / method / rank / targets / member count is an error before anything is written."""
+    found = run.ckpt.restore_latest(run.state, run.resolved)
+    if found is None:
+        return
+    _, restored = found
     check_resume_config(restored["config"], run.resolved, allow_config_change, run.ckpt)
     run.state, run.meta = restored["state"], {**run.meta, **restored["meta"]}
     stream.set_state(checkpoints.decode_data_state(restored["data"]))
@@ -185,12 +217,10 @@ def restore(run: Run, s: Setup, stream, allow_config_change: bool) -> None:
     say(f"resumed at step {int(run.state['step'])} from {run.ckpt.directory}")
 
 
-def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool):
-    """Steps until the end (or `stop_at`): log, evaluate and save on their schedules.
-
-    Returns the last evaluation's results (None when nothing was evaluated).
-    """
-    run.step = int(run.state["step"])
+def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool, stop):
+    """Steps until the end (or `stop_at`, or a stop signal): log, evaluate and save on their
+    schedules. Returns the last evaluation's results (None when nothing was evaluated)."""
+    run.step = run.checked = int(run.state["step"])
     end = run.steps if stop_at is None else min(run.steps, stop_at)
     at_start = (exp.eval_at_start and run.step == 0) or run.step >= run.steps
     last_eval = run_eval(exp, s, run) if at_start else None
@@ -208,21 +238,32 @@ def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool):
             run.step += 1
             run.data_state = checkpoints.encode_data_state(stream.get_state())
             window.append(metrics)
-            if run.step % max(exp.log_every, 1) == 0 or run.step == end:
-                row = log_train(
-                    run, window, tokens * jax.process_count() / (time.time() - t_window)
-                )
+            evaluate_now = (exp.eval_every and run.step % exp.eval_every == 0) or (
+                run.step == run.steps
+            )
+            save_now = run.step == end or (
+                exp.checkpoint_every and run.step % exp.checkpoint_every == 0
+            )
+            log_now = run.step % max(exp.log_every, 1) == 0 or run.step == end
+            if log_now or evaluate_now or save_now or stop.requested:
+                window = check_finite(run, window)  # never evaluate or save a NaN state
+            if log_now:
+                rate = tokens * jax.process_count() / max(time.time() - t_window, 1e-9)
+                row = log_train(run, window, rate)
                 if bar is not None:
                     bar.set_postfix(loss=fmt(row["loss"]), tok_s=f"{row['tokens_per_s']:.0f}")
                     bar.update(run.step - bar.n)
                 window, tokens, t_window = [], 0, time.time()
-            if (exp.eval_every and run.step % exp.eval_every == 0) or run.step == run.steps:
+            if evaluate_now:
                 last_eval = run_eval(exp, s, run)
                 save(run, last_eval)
-            elif run.step == end or (exp.checkpoint_every and run.step % exp.checkpoint_every == 0):
+            elif save_now or stop.requested:
                 save(run, None)
+            if stop.requested:
+                raise Preempted(run.step, stop.requested)
     except KeyboardInterrupt:
         if not any(x.is_deleted() for x in jax.tree.leaves(run.state)):
+            check_finite(run, window)
             say(f"interrupted at step {run.step}: saving a checkpoint")
             save(run, None)
         raise
@@ -230,6 +271,77 @@ def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool):
         if bar is not None:
             bar.close()
     return last_eval
+
+
+class Preempted(Exception):
+    """A stop signal ended the run after a checkpoint; rerunning the command resumes."""
+
+    exit_code = 75  # EX_TEMPFAIL: schedulers (and `morejax sweep`) read it as "retry later"
+
+    def __init__(self, step: int, signame: str):
+        super().__init__(f"stopped by {signame} at step {step}; checkpoint saved, rerun to resume")
+        self.step, self.signame = step, signame
+
+
+class NonFiniteError(ValueError):
+    """A non-finite loss or gradient: the run stops before anything is saved."""
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """SIGTERM / SIGINT set a flag that the loop reads after its step (a checkpoint follows);
+    a second SIGINT interrupts at once. Outside the main thread nothing is installed."""
+
+    class Stop:
+        requested: str | None = None
+
+    stop = Stop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.requested = signal.Signals(signum).name
+        say(f"{stop.requested} received: stopping after this step with a checkpoint")
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def check_finite(run: Run, window: list) -> list:
+    """The window's metrics on the host; a non-finite step stops the run (naming the step and
+    the first non-finite leaf) unless such steps are skipped, which are then counted."""
+    window = jax.device_get(window)
+    first = run.step - len(window) + 1
+    for i, m in enumerate(window):
+        step = first + i
+        if step <= run.checked:
+            continue
+        bad = ~np.asarray(m["finite"], bool).reshape(-1)
+        if not bad.any():
+            continue
+        if run.skip_nonfinite:
+            run.meta["skipped_steps"] += int(bad.sum())
+            say(f"step {step}: non-finite loss or gradient, step skipped ({int(bad.sum())})")
+            continue
+        member = int(np.argmax(bad))
+        flags = np.asarray(m["leaf_finite"], bool).reshape(bad.size, -1)[member]
+        leaf = run.leaf_names[int(np.argmin(flags))] if not flags.all() else "(the loss)"
+        who = f" (member {member})" if bad.size > 1 else ""
+        kept = run.ckpt.latest_step()
+        raise NonFiniteError(
+            f"step {step}{who}: non-finite loss or gradient, first non-finite leaf {leaf}; "
+            f"stopped without saving (last good checkpoint: step {kept}); set nonfinite='skip' "
+            "to skip such steps, or lower the learning rate"
+        )
+    run.checked = run.step
+    return window
 
 
 def progress_bar(run: Run):
@@ -259,8 +371,9 @@ def split_micro(exp: Experiment, s: Setup, local: dict) -> dict:
 
 
 def log_train(run: Run, window: list, tokens_per_s: float) -> dict:
-    window = jax.device_get(window)
-    row = {k: np.mean([m[k] for m in window], axis=0) for k in window[0]}
+    flags = ("finite", "leaf_finite")
+    row = {k: np.mean([m[k] for m in window], axis=0) for k in window[0] if k not in flags}
+    row["skipped"] = np.sum([1 - np.asarray(m["finite"], np.int32) for m in window], axis=0)
     row["tokens_per_s"] = tokens_per_s
     run.logger.write(run.step, "train", row)
     return row
@@ -309,6 +422,7 @@ def summary(exp: Experiment, s: Setup, run: Run, last_eval, workdir: Path, wall:
         "members": {"seeds": s.seeds, "learning_rates": s.lrs} if vec else None,
         "checkpoint": str(run.ckpt.step_dir(best_step)) if best_step is not None else None,
         "init_error": s.init_error,
+        "skipped_steps": run.meta.get("skipped_steps", 0),
         "workdir": str(workdir),
         "wall_s": round(wall, 2),
     }

@@ -47,8 +47,23 @@ def per_example_loss(out, batch, kind: str):
     return err * valid, valid
 
 
-def make_member_step(forward, kind: str, tx, shape, use_dropout: bool):
-    """One optimizer step of one member; batch leaves are (micro_batches, b, ...)."""
+def make_member_step(
+    forward,
+    kind: str,
+    tx,
+    shape,
+    use_dropout: bool,
+    *,
+    skip_nonfinite: bool = False,
+    poison_step: int | None = None,
+):
+    """One optimizer step of one member; batch leaves are (micro_batches, b, ...).
+
+    Metrics carry `finite` (loss and every gradient leaf finite) and `leaf_finite` (one flag
+    per adapter leaf, to name the first bad one). `skip_nonfinite` keeps the adapters and
+    the optimizer state unchanged on such a step; `poison_step` makes the gradients of that
+    (1-based) step NaN, for fault-injection tests.
+    """
 
     def loss_fn(adapters, base, batch, rng):
         losses, counts = per_example_loss(forward(adapters, base, batch, rng), batch, kind)
@@ -74,11 +89,25 @@ def make_member_step(forward, kind: str, tx, shape, use_dropout: bool):
             (grads, loss_sum, count), _ = jax.lax.scan(micro, init, (jnp.arange(n_micro), batch))
         count = jnp.maximum(count, 1.0)
         grads = jax.tree.map(lambda g: g / count, grads)
+        if poison_step is not None:
+            grads = jax.tree.map(lambda g: jnp.where(step + 1 == poison_step, jnp.nan, g), grads)
+        leaf_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+        finite = jnp.all(leaf_finite) & jnp.isfinite(loss_sum)
         lr = opt_state.hyperparams["learning_rate"] * shape(opt_state.count)
-        updates, opt_state = tx.update(grads, opt_state, adapters)
-        adapters = optax.apply_updates(adapters, updates)
-        metrics = {"loss": loss_sum / count, "grad_norm": optax.tree.norm(grads), "lr": lr}
-        return adapters, opt_state, metrics
+        updates, new_opt_state = tx.update(grads, opt_state, adapters)
+        new_adapters = optax.apply_updates(adapters, updates)
+        if skip_nonfinite:  # a bad step changes nothing (its count is logged)
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            new_adapters = jax.tree.map(keep, new_adapters, adapters)
+            new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
+        metrics = {
+            "loss": loss_sum / count,
+            "grad_norm": optax.tree.norm(grads),
+            "lr": lr,
+            "finite": finite,
+            "leaf_finite": leaf_finite,
+        }
+        return new_adapters, new_opt_state, metrics
 
     return member_step
 
