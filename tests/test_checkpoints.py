@@ -82,7 +82,7 @@ def data_files(step_dir: Path, item="adapters") -> list[Path]:
 @pytest.fixture
 def two_steps(tmp_path):
     """Step 1 (the best) and step 2 (the latest) of a run."""
-    ck = Checkpoints(tmp_path / "checkpoints")
+    ck = Checkpoints(tmp_path / "checkpoints", keep_latest=1)
     save(ck, 1, score=0.9)
     save(ck, 2, score=0.5)
     save(ck, 3)  # no metrics: step 2 is dropped by the preservation policy
@@ -93,7 +93,7 @@ def two_steps(tmp_path):
 
 
 def test_roundtrip_keeps_latest_and_best_and_resaving_a_step_is_a_no_op(two_steps):
-    ck = Checkpoints(two_steps)
+    ck = Checkpoints(two_steps, keep_latest=1)
     assert ck.all_steps() == [1, 3]
     assert ck.best_step() == 1
     step, out = ck.restore_latest(make_state(), run_config())
@@ -103,7 +103,9 @@ def test_roundtrip_keeps_latest_and_best_and_resaving_a_step_is_a_no_op(two_step
     assert save(ck, 3) is False
     assert ck.all_steps() == [1, 3]
     assert not (two_steps / checkpoints.TRASH).exists()
-    assert Checkpoints(two_steps.parent / "fresh").restore_latest(make_state()) is None
+    assert (
+        Checkpoints(two_steps.parent / "fresh", keep_latest=1).restore_latest(make_state()) is None
+    )
 
 
 # ------------------------------------------------------------------------- a kill mid-save
@@ -116,7 +118,7 @@ def test_partial_step_folders_are_ignored(two_steps):
     (partial / "adapters" / "_METADATA").write_text('{"tree_metadata": ')  # cut mid-write
     trash = two_steps / checkpoints.TRASH / "2" / "adapters"
     trash.mkdir(parents=True)
-    ck = Checkpoints(two_steps)
+    ck = Checkpoints(two_steps, keep_latest=1)
     assert ck.latest_step() == 3 and ck.all_steps() == [1, 3]
     step, out = ck.restore_latest(make_state(), run_config())
     assert (step, first_leaf(out)) == (3, 3.0)
@@ -131,7 +133,7 @@ import resource, signal, sys, time
 from morejax import cli
 from morejax.train import checkpoints
 from tests import test_checkpoints as t
-ck = checkpoints.Checkpoints(sys.argv[1])
+ck = checkpoints.Checkpoints(sys.argv[1], keep_latest=1)
 if sys.argv[2] == "hang":
     t.save(ck, 1, score=0.9)
     t.save(ck, 2)
@@ -200,7 +202,7 @@ def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_step(tmp_path):
     kill_saver(directory, "hang", "mid-save")
     tmp = checkpoints.TMP_SUFFIX
     assert (directory / f"3{tmp}" / f"adapters{tmp}" / "_METADATA").is_file()  # killed mid-save
-    ck = Checkpoints(directory)
+    ck = Checkpoints(directory, keep_latest=1)
     assert ck.all_steps() == [1, 2]
     step, out = ck.restore_latest(make_state(), run_config())
     assert (step, first_leaf(out), out["data"]) == (2, 2.0, {"pos": 2})
@@ -209,7 +211,7 @@ def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_step(tmp_path):
 def test_sigkill_at_any_moment_of_a_save_loop_leaves_a_readable_step(tmp_path):
     directory = tmp_path / "checkpoints"
     kill_saver(directory, "loop", "saved 3", delay=0.02)  # somewhere in saving step 4 or 5
-    ck = Checkpoints(directory)
+    ck = Checkpoints(directory, keep_latest=1)
     step, out = ck.restore_latest(make_state(), run_config())
     assert step >= 3 and first_leaf(out) == float(step) and out["data"] == {"pos": step}
 
@@ -228,7 +230,7 @@ def test_damaged_newest_step_falls_back_to_the_previous_one(two_steps, damage, c
     else:
         (two_steps / "3" / "meta" / "metadata").write_text('{"best": ')
     item = "meta" if damage == "meta" else "adapters"
-    ck = Checkpoints(two_steps)
+    ck = Checkpoints(two_steps, keep_latest=1)
     step, out = ck.restore_latest(make_state(), run_config())
     assert (step, first_leaf(out), out["data"]) == (1, 1.0, {"pos": 1})
     said = capsys.readouterr().out
@@ -249,7 +251,7 @@ def test_no_readable_step_is_a_clear_error_and_deletes_nothing(two_steps):
             f.write_bytes(b"")
     before = listing(two_steps)
     with pytest.raises(ValueError, match="no readable checkpoint") as e:
-        Checkpoints(two_steps).restore_latest(make_state(), run_config())
+        Checkpoints(two_steps, keep_latest=1).restore_latest(make_state(), run_config())
     message = str(e.value)
     assert str(two_steps) in message and "move" in message and "--workdir" in message
     assert "step 3: optimizer" in message and "step 1: optimizer" in message
@@ -271,7 +273,7 @@ def test_no_readable_step_is_a_clear_error_and_deletes_nothing(two_steps):
 )
 def test_checkpoint_of_other_adapters_fails_naming_the_leaves(two_steps, other, expected):
     before = listing(two_steps)
-    ck = Checkpoints(two_steps)
+    ck = Checkpoints(two_steps, keep_latest=1)
     with pytest.raises(CheckpointMismatchError, match=expected) as e:
         ck.restore_latest(make_state(**other), run_config(**other))
     message = str(e.value)
@@ -295,7 +297,7 @@ def test_checkpoint_of_other_adapters_fails_naming_the_leaves(two_steps, other, 
 
 
 def test_vectorised_checkpoint_into_a_vectorised_run_of_another_size(tmp_path):
-    ck = Checkpoints(tmp_path)
+    ck = Checkpoints(tmp_path, keep_latest=1)
     save(ck, 1, members=2)
     with pytest.raises(CheckpointMismatchError, match=r"shape \(2, 8, 4\) vs \(4, 8, 4\)"):
         ck.restore(1, make_state(members=4), run_config(members=4))
@@ -316,9 +318,9 @@ def test_probe_names_the_folder_and_the_os_error(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="is a file"):
         checkpoints.probe_writable(blocker)
     with pytest.raises(OSError, match="cannot write checkpoints to .*Not a directory"):
-        Checkpoints(blocker / "checkpoints")
+        Checkpoints(blocker / "checkpoints", keep_latest=1)
     # A full disk: writing the probe fails with ENOSPC.
-    ck = Checkpoints(tmp_path / "ok")
+    ck = Checkpoints(tmp_path / "ok", keep_latest=1)
     ck.probe(make_state())
     real_open = open
 
@@ -333,9 +335,7 @@ def test_probe_names_the_folder_and_the_os_error(tmp_path, monkeypatch):
     assert e.value.errno == errno.ENOSPC and str(tmp_path / "ok") in str(e.value)
     monkeypatch.setattr("builtins.open", real_open)
     # Less free space than one more checkpoint.
-    monkeypatch.setattr(
-        checkpoints.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})()
-    )
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(OSError, match="MiB free, a checkpoint needs"):
         ck.probe(make_state())
     assert [p.name for p in (tmp_path / "ok").iterdir() if p.name.startswith(".probe")] == []
@@ -353,7 +353,7 @@ def test_a_real_write_failure_names_the_step_and_keeps_the_earlier_ones(tmp_path
     # A partial `3.orbax-checkpoint-tmp` may remain (orbax's writes of other items were in
     # flight): it is no step, and the next open removes it.
     assert {p.name for p in directory.iterdir()} - {"1", "2"} <= {f"3{checkpoints.TMP_SUFFIX}"}
-    ck = Checkpoints(directory)
+    ck = Checkpoints(directory, keep_latest=1)
     step, restored = ck.restore_latest(make_state(), run_config())
     assert (step, first_leaf(restored)) == (2, 2.0)
     assert first_leaf(ck.restore(1, make_state())) == 1.0
@@ -367,7 +367,7 @@ def test_failed_save_names_the_step_and_keeps_the_earlier_ones(two_steps, monkey
 
     real = atomicity.AtomicRenameTemporaryPath.finalize
     monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "finalize", full)
-    ck = Checkpoints(two_steps)
+    ck = Checkpoints(two_steps, keep_latest=1)
     before = listing(two_steps)
     with pytest.raises(OSError, match="could not write checkpoint step 4 to") as e:
         save(ck, 4, score=1.0)  # would be the new best and latest: both old steps would go
@@ -379,3 +379,15 @@ def test_failed_save_names_the_step_and_keeps_the_earlier_ones(two_steps, monkey
     assert save(ck, 4, score=1.0) is True
     assert ck.all_steps() == [4]
     assert first_leaf(ck.restore(4, make_state())) == 4.0
+
+
+def test_by_default_the_two_latest_are_kept_so_a_damaged_newest_has_a_predecessor(tmp_path):
+    """No evaluation at all (no 'best'): the default policy still keeps a step to fall back to."""
+    ck = Checkpoints(tmp_path)
+    for step in (1, 2, 3):
+        save(ck, step)
+    assert ck.all_steps() == [2, 3]
+    for f in data_files(tmp_path / "3"):
+        f.write_bytes(f.read_bytes()[: os.path.getsize(f) // 2])
+    step, out = ck.restore_latest(make_state(), run_config())
+    assert (step, first_leaf(out)) == (2, 2.0)

@@ -52,7 +52,7 @@ def test_a_nan_step_stops_with_its_name_and_keeps_the_last_good_checkpoint(
     assert "step 5: non-finite loss or gradient, first non-finite leaf" in err
     assert "last good checkpoint: step 4" in err
     kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert kept == [4]
+    assert kept == [3, 4]  # the two latest, both before the NaN step
     assert all(np.isfinite(v).all() for v in R.final_state(tmp_path, 4).values())
 
 

@@ -41,7 +41,8 @@ USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
 def error_line(e: BaseException) -> str:
     """The exception's message on one line (notes such as fiddle's context included)."""
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    parts = [str(text), *getattr(e, "__notes__", [])]
+    notes = [n for n in getattr(e, "__notes__", []) if "JAX_TRACEBACK_FILTERING" not in n]
+    parts = [str(text), *(n for n in notes if n.strip("- \n"))]
     if isinstance(e, OSError) and e.filename and str(e.filename) not in parts[0]:
         parts.append(str(e.filename))
     return " ".join(" ".join(p.split()) for p in parts if str(p).strip())

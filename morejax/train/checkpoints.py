@@ -2,7 +2,7 @@
 
 Each step directory holds `adapters`, `optimizer` (optimizer state and step; never
 the frozen base), `meta` (best metric so far, ...), `data` (the data iterator's JSON state) and
-`config` (the resolved config). Kept: the latest one and the best one on the validation metric.
+`config` (the resolved config). Kept: the two latest and the best one on the validation metric.
 
 Faults, and what each one does:
 - a kill at any moment: orbax writes a step into `<step>.orbax-checkpoint-tmp` and renames it
@@ -61,6 +61,7 @@ SHAPE_FIELDS = (
     "optimizer.lr_groups",
 )
 MAX_SHOWN = 8
+KEEP_LATEST = 2
 
 
 class DamagedCheckpointError(ValueError):
@@ -245,7 +246,14 @@ def nbytes(tree) -> int:
 class Checkpoints:
     """An orbax CheckpointManager keeping the latest step and the best one by `metric`."""
 
-    def __init__(self, directory: str | Path, *, metric: str = "score", mode: str = "max"):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        metric: str = "score",
+        mode: str = "max",
+        keep_latest: int = KEEP_LATEST,
+    ):
         self.directory = Path(directory).absolute()
         self.metric, self.mode = metric, mode
         best = cm.BestN(
@@ -254,7 +262,9 @@ class Checkpoints:
             n=1,
             keep_checkpoints_without_metrics=False,
         )
-        policy = cm.AnyPreservationPolicy([cm.LatestN(n=1), _SavedMetrics(best, self._metrics)])
+        # Two latest: a damaged newest step always has a previous one to fall back to.
+        latest = cm.LatestN(n=keep_latest)
+        policy = cm.AnyPreservationPolicy([latest, _SavedMetrics(best, self._metrics)])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             enable_async_checkpointing=False,
