@@ -132,8 +132,8 @@ def reasoning_recipe(
     that slice ('validation') and scores the papers' test sets by greedy generation
     (`reasoning.mixture_test_sets`: 32 new tokens for commonsense answers, 256 for worked
     arithmetic, like LLM-Adapters' evaluation scripts). With eval_every=0 that happens
-    once, at the end; with periodic evaluation, metric='loss' picks the best checkpoint
-    by validation loss instead of by test accuracy."""
+    once, at the end; with periodic evaluation the validation loss picks the best
+    checkpoint (test accuracy is reported, never used to choose)."""
     from morejax.data import reasoning
 
     sets = reasoning.mixture_test_sets(task)

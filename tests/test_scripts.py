@@ -131,7 +131,7 @@ def test_reasoning_eval_of_a_training_run(tmp_path, shared_data):
         *("--set", "steps=2", "--set", "data.generate_limit=2", "--set", tokenizer),
     )
     result = json.loads((workdir / "results.json").read_text())
-    assert result["best_step"] == 2 and result["metric"] == "accuracy"
+    assert result["best_step"] == 2 and result["metric"] == "loss"
 
     out = run(
         "experiments/reasoning_eval.py",

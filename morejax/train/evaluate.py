@@ -18,9 +18,10 @@ from morejax.train.step import compile_eval_step, make_forward
 
 
 def metric_of(exp: Experiment) -> tuple[str, str]:
-    default = "score"
-    if task_kind(exp) == "lm":
-        default = "accuracy" if exp.data.generate_sets else "loss"
+    """What picks the best checkpoint: the GLUE score on validation; for decoders the loss on
+    the held-out validation slice (generation accuracy is on test sets: reported, never used
+    to choose, unless `metric` says so)."""
+    default = "loss" if task_kind(exp) == "lm" else "score"
     name = exp.metric or default
     return name, "min" if name in ("loss", "perplexity") else "max"
 
