@@ -211,3 +211,12 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
     assert "Traceback" in shown.stderr
     env_debug = _cli("params", str(MAIN), "--set", "adapter.rank=(", env={"MOREJAX_DEBUG": "1"})
     assert "Traceback" in env_debug.stderr
+
+
+def test_configs_find_the_offline_data_beside_the_checkout(shared_data, monkeypatch):
+    """Without this, GLUE configs fall back to whatever TFDS prepared earlier (or fail)."""
+    monkeypatch.delenv("MOREJAX_SHARED_DATA", raising=False)
+    assert config.ROOT == ROOT
+    assert config.shared_dir("glue") == str(ROOT.parent / "shared" / "data" / "glue")
+    exp = config.build(config.load(MAIN))
+    assert exp.data.local_dir == str(ROOT.parent / "shared" / "data" / "glue")

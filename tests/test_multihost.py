@@ -118,6 +118,10 @@ def test_two_processes_train_like_one(shared_data, tmp_path):
     bit for bit. With 1 device the 16-row sums would be ordered differently (~1e-7).
     Before the global bucket, process 1 padded its half of steps 1 and 2 to 24 and 8
     tokens where the reference pads to 32 and 16: the sums round differently."""
+    # Prepare SST-2 once here: three processes preparing it at once would race.
+    from morejax.data import glue
+
+    glue.prepare("sst2", local_dir=shared_data / "glue")
     one, two = tmp_path / "one", tmp_path / "two"
     port = _free_port()
     logs = [tmp_path / "one.log", tmp_path / "p0.log", tmp_path / "p1.log"]

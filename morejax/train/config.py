@@ -25,7 +25,7 @@ from typing import Any
 
 import fiddle as fdl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: morejax/train/config.py
 
 
 # ----------------------------------------------------------------------------- the run's pieces
