@@ -807,9 +807,10 @@ def decoder_eval_batches(source, tokenizer, *, batch_size: int, **kwargs) -> Bat
 def count_tokens(batch: dict[str, np.ndarray], key: str = "attention_mask") -> int:
     """Real (non-pad) tokens in a batch, rows marked invalid excluded: for tokens/s.
 
-    ``key='loss_mask'`` counts the tokens a decoder is trained on instead.
+    ``key='loss_mask'`` counts the tokens a decoder is trained on instead. Leading axes
+    (a vectorised run's members) are counted too.
     """
     mask = np.asarray(batch[key])
     if "valid" in batch:
-        mask = mask * np.asarray(batch["valid"])[:, None]
+        mask = mask * np.asarray(batch["valid"])[..., None]
     return int(mask.sum())

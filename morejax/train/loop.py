@@ -21,6 +21,7 @@ import numpy as np
 
 import morejax
 from morejax import paths
+from morejax.data import pipeline
 from morejax.train import checkpoints, distributed
 from morejax.train.checkpoints import is_better
 from morejax.train.config import Experiment
@@ -232,7 +233,7 @@ def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool, s
     try:
         while run.step < end:
             local = next(stream)
-            tokens += real_tokens(local)
+            tokens += pipeline.count_tokens(local)
             batch = to_global(s.mesh, split_micro(exp, s, local), batch_spec(s.n_members))
             run.state, metrics = run.train_step(run.state, run.keys, s.base, batch)
             run.step += 1
@@ -350,12 +351,6 @@ def progress_bar(run: Run):
     return tqdm(
         total=run.steps, initial=run.step, file=sys.stderr, dynamic_ncols=True, mininterval=1.0
     )
-
-
-def real_tokens(local: dict) -> int:
-    """Non-pad tokens of valid rows (any leading member axis included): for tokens/s."""
-    mask = np.asarray(local["attention_mask"]) * np.asarray(local["valid"])[..., None]
-    return int(mask.sum())
 
 
 def split_micro(exp: Experiment, s: Setup, local: dict) -> dict:

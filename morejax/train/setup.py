@@ -74,18 +74,22 @@ class Setup:
     init_error: float | None = None
 
 
-def adapt_members(exp: Experiment, loaded: Loaded, seeds: list, layout):
-    """(frozen base, adapters per member): the seed draws the adapters and the fresh head.
+def with_fresh_head(loaded: Loaded, seed: int):
+    """The loaded params with the classification head (if any) drawn from `seed`."""
+    head = fresh_head(loaded, seed)
+    if head is None:
+        return loaded.params
+    return {**loaded.params, "head": morejax.cast(head, params_dtype(loaded.params))}
 
-    The base (pretrained weights in `base_dtype`, PiSSA/MiLoRA residuals) is the same for
-    every seed, so one copy is kept. Trainable leaves stay float32 whatever the base dtype.
+
+def adapt_members(exp: Experiment, member_params: list, seeds: list, layout):
+    """(frozen base, adapters per member): the seed draws the adapters (and, in
+    `member_params`, the fresh head). The base (pretrained weights in `base_dtype`,
+    PiSSA/MiLoRA residuals) is the same for every seed, so one copy is kept. Trainable
+    leaves stay float32 whatever the base dtype.
     """
     base, adapters = None, []
-    for seed in seeds:
-        params = loaded.params
-        head = fresh_head(loaded, seed)
-        if head is not None:
-            params = {**params, "head": morejax.cast(head, params_dtype(params))}
+    for seed, params in zip(seeds, member_params):
         b, a = morejax.adapt(
             params,
             exp.all_rules(),
@@ -133,7 +137,8 @@ def setup(exp: Experiment) -> Setup:
     if exp.base_dtype != "float32":
         loaded.params = morejax.cast(loaded.params, jnp.dtype(exp.base_dtype))
     layout = kernel_layout(loaded.model, loaded.family, loaded.params)
-    base, adapted = adapt_members(exp, loaded, seeds, layout)
+    member_params = [with_fresh_head(loaded, seed) for seed in seeds]
+    base, adapted = adapt_members(exp, member_params, seeds, layout)
     adapters = adapted[0] if not vec else jax.tree.map(lambda *xs: jnp.stack(xs), *adapted)
 
     # The evaluation split(s) as global device arrays, built once.
@@ -161,13 +166,12 @@ def setup(exp: Experiment) -> Setup:
 
     error = None
     if exp.init_check:
-        reference = loaded.params
-        head = fresh_head(loaded, seeds[0])
-        if head is not None:
-            reference = {**reference, "head": morejax.cast(head, params_dtype(reference))}
         first = next(iter(dev.values()))[0]
         forward = make_forward(loaded.model, loaded.family)
-        error = init_error(forward, loaded.model, loaded.family, reference, base, adapted[0], first)
+        error = init_error(
+            forward, loaded.model, loaded.family, member_params[0], base, adapted[0], first
+        )
+    del member_params
     loaded.params = None
     base = distributed.put(base, base_sharding(mesh, base))
     return Setup(
