@@ -1,7 +1,7 @@
 """morejax: parameter-efficient fine-tuning as pure functions over Flax parameter pytrees."""
 
 from morejax import paths
-from morejax.methods import DoRA, Full, LoRA, MiLoRA, MoRe, PiSSA
+from morejax.methods import DoRA, Full, LoRA, MiLoRA, MoRe, MoReMinor, PiSSA
 from morejax.transform import (
     ALL_LINEAR,
     Adapter,
@@ -30,6 +30,7 @@ __all__ = [
     "LoRA",
     "MiLoRA",
     "MoRe",
+    "MoReMinor",
     "PiSSA",
     "adapt",
     "call",

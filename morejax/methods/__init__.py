@@ -4,6 +4,7 @@ from morejax.methods.dora import DoRA
 from morejax.methods.full import Full
 from morejax.methods.lora import LoRA
 from morejax.methods.more import MoRe
+from morejax.methods.more_minor import MoReMinor
 from morejax.methods.svd import MiLoRA, PiSSA
 
-__all__ = ["DoRA", "Full", "LoRA", "MiLoRA", "MoRe", "PiSSA"]
+__all__ = ["DoRA", "Full", "LoRA", "MiLoRA", "MoRe", "MoReMinor", "PiSSA"]

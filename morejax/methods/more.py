@@ -47,7 +47,8 @@ class MoRe:
         _common.check_dropout(self)
         if self.block_out not in BLOCK_OUT:
             raise ValueError(
-                f"MoRe.block_out={self.block_out!r} is not allowed: use one of {BLOCK_OUT}"
+                f"{type(self).__name__}.block_out={self.block_out!r} is not allowed: use one of "
+                f"{BLOCK_OUT}"
             )
         if self.rank < self.nblocks:
             warnings.warn(

@@ -448,7 +448,7 @@ def _factories() -> dict[str, Any]:
     """Callables a `--set` value may name, e.g. `adapter=LoRA(rank=8)`."""
     import morejax
 
-    names = ("LoRA", "MoRe", "PiSSA", "MiLoRA", "DoRA", "Full")
+    names = ("LoRA", "MoRe", "MoReMinor", "PiSSA", "MiLoRA", "DoRA", "Full")
     out = {n: getattr(morejax, n) for n in names if hasattr(morejax, n)}
     out.update(Model=Model, Data=Data, Optimizer=Optimizer, Mesh=Mesh)
     return out
