@@ -15,6 +15,7 @@ LEVELS = {
     "morejax.methods": 1,
     "morejax.transform": 2,
     "morejax": 2.5,  # the public API: methods and the transform only
+    "morejax.analysis": 2.5,  # what the methods can express (numpy, methods only)
     "morejax.models": 3,
     "morejax.data": 3,
     "morejax.train": 4,

@@ -156,3 +156,50 @@ def test_reliability_report(tmp_path, shared_data):
     assert faults[1][0] == "SIGTERM" and faults[1][faults[0].index("mismatches at the end")] == "0"
     assert "error: unknown config path 'adapter.rnak'" in report
     assert "first non-finite leaf" in report
+
+
+@smoke("experiments/glue_table.py")
+def test_glue_table_reduced_resumes_and_reports(tmp_path, shared_data):
+    """Stopped after one program the report is valid and names what is missing; the rerun
+    skips the finished program and runs the seeds at the rate chosen on seed 0."""
+    args = ["--reduced", "--results", tmp_path / "res", "--runs", tmp_path / "runs"]
+    args += ["--out", tmp_path / "table.md"]
+    run("experiments/glue_table.py", *args, "--max-points", "1")
+    report = (tmp_path / "table.md").read_text()
+    assert "**Missing (1 programs" in report and "cola-more-seeds" in report
+    first = json.loads((tmp_path / "res" / "cola-more-lr.json").read_text())
+    assert [m["seed"] for m in first["members"]] == [0, 0] and first["curves"]["eval_step"]
+    out = run("experiments/glue_table.py", *args)
+    assert "cola-more-lr: running" not in out and "cola-more-seeds: running" in out
+    seeds = json.loads((tmp_path / "res" / "cola-more-seeds.json").read_text())
+    best_lr = max(first["members"], key=lambda m: (m["best"], -m["learning_rate"]))
+    assert [m["seed"] for m in seeds["members"]] == [1]
+    assert seeds["members"][0]["learning_rate"] == best_lr["learning_rate"]
+    report = (tmp_path / "table.md").read_text()
+    assert "All points finished." in report
+    row = next(r for r in table(report) if r[0] == "MoRe nb=4 r=8")
+    assert row[1] == f"{seeds['adapter_params']:,}" and "±" in row[2]
+    assert "0 programs missing" in run("experiments/glue_table.py", *args, "--dry-run")
+
+
+@smoke("experiments/more_ablation.py")
+def test_more_ablation_reduced(tmp_path, shared_data):
+    args = ["--reduced", "--results", tmp_path / "res", "--runs", tmp_path / "runs"]
+    args += ["--out", tmp_path / "ablation.md"]
+    run("experiments/more_ablation.py", *args)
+    rows = table((tmp_path / "ablation.md").read_text())
+    assert rows[0][:4] == ["series", "x", "setting", "trainable params"]
+    assert [r[2] for r in rows[1:]] == ["more-nb2-r4", "lora-r4"]
+    assert all("±" in r[4] for r in rows[1:]) and rows[1][5] == "68.10"
+    rec = json.loads((tmp_path / "res" / "lora-r4.json").read_text())
+    assert [m["seed"] for m in rec["members"]] == [0, 1]
+    assert "0 programs missing" in run("experiments/more_ablation.py", *args, "--dry-run")
+
+
+@smoke("experiments/make_figures.py")
+def test_make_figures_reduced(tmp_path, shared_data):
+    out = run("experiments/make_figures.py", "notebooks/more_anatomy.py", "--reduced",
+              "--figures", tmp_path / "figs", "--executed", tmp_path / "nb")  # fmt: skip
+    assert out.startswith("notebooks/more_anatomy.py: executed in")
+    assert (tmp_path / "figs" / "more_anatomy_structure.png").is_file()
+    assert (tmp_path / "nb" / "more_anatomy.ipynb").is_file()
