@@ -18,6 +18,7 @@ LEVELS = {
     "morejax.analysis": 2.5,  # what the methods can express (numpy, methods only)
     "morejax.models": 3,
     "morejax.data": 3,
+    "morejax.interop": 3.5,  # Hugging Face formats: models + transform, below train
     "morejax.train": 4,
     "morejax.cli": 5,
 }

@@ -246,3 +246,26 @@ def test_missing_checkpoint_paths(tmp_path):
         weights.safetensors_files(tmp_path)
     with pytest.raises(FileNotFoundError):
         weights.safetensors_files(tmp_path / "nope")
+
+
+def test_every_float_dtype_reads_back_through_the_library_or_the_fp8_path(tmp_path):
+    """BF16 comes from safetensors' numpy backend; FP8 (which that backend cannot read) from
+    its byte range. The written header is what the library itself reads."""
+    dtypes = {
+        "bf": ml_dtypes.bfloat16,
+        "e4": ml_dtypes.float8_e4m3fn,
+        "e5": ml_dtypes.float8_e5m2,
+        "f16": np.float16,
+        "i8": np.int8,
+    }
+    values = np.array([[0.5, -1.0, 2.0], [3.0, 0.25, -4.0]], np.float32)
+    tree = {k: {"w": values.astype(d)} for k, d in dtypes.items()}
+    file = tmp_path / "m.safetensors"
+    weights.save_safetensors(tree, file, lambda p: [(f"{p[0]}.weight", None, None)])
+    with safe_open(str(file), "numpy") as f:
+        assert f.get_slice("e4.weight").get_dtype() == "F8_E4M3"
+        assert f.get_tensor("f16.weight").dtype == np.float16
+    back = dict(weights.safetensors_tensors(file))
+    for k, d in dtypes.items():
+        assert back[f"{k}.weight"].dtype == np.dtype(d)
+        np.testing.assert_array_equal(back[f"{k}.weight"], tree[k]["w"])

@@ -1,4 +1,5 @@
-"""The ``morejax`` command line: `train`, `eval`, `params`, `sweep`, `generate`.
+"""The ``morejax`` command line: `train`, `eval`, `params`, `sweep`, `generate`, `export`,
+`import`.
 
 Each subcommand module registers its parser and sets ``func`` (the handler taking the
 parsed args and returning an exit code). Heavy imports (jax, models) happen inside
@@ -16,7 +17,7 @@ __all__ = ["build_parser", "error_line", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from morejax.cli import generate, sweep, train
+    from morejax.cli import generate, interop, sweep, train
 
     parser = argparse.ArgumentParser(
         prog="morejax", description="Parameter-efficient fine-tuning in JAX/Flax."
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.register(subparsers)
     sweep.register(subparsers)
     generate.add_generate_parser(subparsers)
+    interop.register(subparsers)
     return parser
 
 
