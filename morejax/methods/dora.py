@@ -50,7 +50,9 @@ class DoRA:
         magnitude = _column_norm(kernel, a, b, self.scale)
         return {"A": a, "B": b, "m": magnitude}, kernel
 
-    def apply(self, params, x, kernel=None, *, rng=None):
+    def apply(self, params, x, kernel=None, *, rng=None, xk=None):
+        """`xk`: x @ kernel when the caller has it already (the layer's own product), so the
+        factored form costs no second pass over the frozen kernel."""
         if kernel is None:
             raise ValueError("DoRA.apply needs the kernel: its column norms set the scale")
         a, b, m = params["A"], params["B"], params["m"]
@@ -58,7 +60,9 @@ class DoRA:
         # updates snap back to exactly 1. So the ratio and the sum stay float32; only Δy is cast.
         f32 = jnp.float32
         ratio = m.astype(f32) / _column_norm(kernel, a, b, self.scale)
-        base_y = jnp.matmul(x, kernel.astype(x.dtype), preferred_element_type=f32)
+        if xk is None:
+            xk = jnp.matmul(x, kernel.astype(x.dtype), preferred_element_type=f32)
+        base_y = xk.astype(f32)
         lora_y = _common.lowrank_apply(a, b, _common.dropout(x, self.dropout, rng), self.scale)
         return ((ratio - 1) * base_y + ratio * lora_y.astype(f32)).astype(x.dtype)
 

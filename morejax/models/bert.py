@@ -179,9 +179,12 @@ CONFIGS: dict[str, BertConfig] = {
 }
 
 
-def position_ids(input_ids_BxL: jax.Array, config: BertConfig) -> jax.Array:
-    """BERT counts 0..L-1; RoBERTa counts non-pad tokens from the offset, as HF does."""
+def position_ids(input_ids_BxL: jax.Array, config: BertConfig, packed_BxL=None) -> jax.Array:
+    """BERT counts 0..L-1; RoBERTa counts non-pad tokens from the offset, as HF does.
+    Packed rows give each token's place in its own example (``packed_BxL``)."""
     L = input_ids_BxL.shape[-1]
+    if packed_BxL is not None:
+        return jnp.asarray(packed_BxL, jnp.int32) + config.position_offset
     if config.position_offset == 0:
         return jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), input_ids_BxL.shape)
     real_BxL = (input_ids_BxL != config.pad_token_id).astype(jnp.int32)
@@ -209,14 +212,14 @@ class BertEmbeddings(nn.Module):
     config: BertConfig
 
     @nn.compact
-    def __call__(self, input_ids_BxL, token_type_ids_BxL, deterministic: bool):
+    def __call__(self, input_ids_BxL, token_type_ids_BxL, deterministic: bool, pos_BxL=None):
         c = self.config
         init = nn.initializers.normal(c.initializer_range)
 
         def embed(n, name):
             return nn.Embed(n, c.hidden_size, c.dtype, c.param_dtype, init, name=name)
 
-        pos_BxL = position_ids(input_ids_BxL, c)
+        pos_BxL = position_ids(input_ids_BxL, c, pos_BxL)
         x_BxLxD = embed(c.vocab_size, "word_embeddings")(input_ids_BxL)
         x_BxLxD = x_BxLxD + embed(c.max_position_embeddings, "position_embeddings")(pos_BxL)
         x_BxLxD = x_BxLxD + embed(c.type_vocab_size, "token_type_embeddings")(token_type_ids_BxL)
@@ -316,18 +319,34 @@ class BertLayerStack(nn.Module):
         return x_BxLxD
 
 
-def _encode(module: nn.Module, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, det):
-    """Builds `embeddings` and `encoder` directly under the calling module's scope."""
+def _encode(
+    module: nn.Module,
+    input_ids_BxL,
+    attention_mask_BxL,
+    token_type_ids_BxL,
+    det,
+    segment_ids_BxL=None,
+    position_ids_BxL=None,
+):
+    """Builds `embeddings` and `encoder` directly under the calling module's scope.
+
+    Packed rows (``segment_ids_BxL``: 1, 2, .. per example, 0 on padding) attend only
+    within their own example, so each example is encoded exactly as if alone.
+    """
     c = module.config
     input_ids_BxL = jnp.asarray(input_ids_BxL, jnp.int32)
     if attention_mask_BxL is None:
         attention_mask_BxL = jnp.ones_like(input_ids_BxL)
     if token_type_ids_BxL is None:
         token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
-    keep_Bx1x1xL = jnp.asarray(attention_mask_BxL)[:, None, None, :] > 0
+    if segment_ids_BxL is None:
+        keep_Bx1x1xL = jnp.asarray(attention_mask_BxL)[:, None, None, :] > 0
+    else:
+        seg_BxL = jnp.asarray(segment_ids_BxL, jnp.int32)
+        keep_Bx1x1xL = seg_BxL[:, None, :, None] == seg_BxL[:, None, None, :]  # (B, 1, L, L)
     bias_Bx1x1xL = jnp.where(keep_Bx1x1xL, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
     x_BxLxD = BertEmbeddings(c, name="embeddings")(
-        input_ids_BxL, jnp.asarray(token_type_ids_BxL, jnp.int32), det
+        input_ids_BxL, jnp.asarray(token_type_ids_BxL, jnp.int32), det, position_ids_BxL
     )
     x_BxLxD = BertLayerStack(c, det, name="encoder")(x_BxLxD, bias_Bx1x1xL)
     return x_BxLxD, attention_mask_BxL
@@ -373,11 +392,31 @@ class BertForSequenceClassification(nn.Module):
 
     @nn.compact
     def __call__(
-        self, input_ids_BxL, attention_mask_BxL=None, token_type_ids_BxL=None, deterministic=True
+        self,
+        input_ids_BxL,
+        attention_mask_BxL=None,
+        token_type_ids_BxL=None,
+        deterministic=True,
+        segment_ids_BxL=None,
+        position_ids_BxL=None,
+        cls_index_GxS=None,
     ):
+        """Packed rows (see `data.pipeline.PackedEncoderCollator`) give one output per
+        example, ``G * S`` of them, taken at ``cls_index_GxS`` within each group's rows."""
         x_BxLxD, _ = _encode(
-            self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, deterministic
+            self,
+            input_ids_BxL,
+            attention_mask_BxL,
+            token_type_ids_BxL,
+            deterministic,
+            segment_ids_BxL,
+            position_ids_BxL,
         )
+        if cls_index_GxS is not None:
+            G, S = cls_index_GxS.shape
+            x_GxTxD = x_BxLxD.reshape(G, -1, x_BxLxD.shape[-1])  # a group's rows, flattened
+            idx_GxSx1 = jnp.asarray(cls_index_GxS, jnp.int32)[..., None]
+            x_BxLxD = jnp.take_along_axis(x_GxTxD, idx_GxSx1, axis=1).reshape(G * S, 1, -1)
         logits_BxC = BertClassificationHead(self.config, name="head")(x_BxLxD, deterministic)
         return logits_BxC[:, 0] if self.config.is_regression else logits_BxC
 

@@ -70,6 +70,8 @@ class Data:
     data, so a run's seed drives all of its randomness.
     `train_limit` / `eval_limit` keep the first N examples (smoke runs, tests).
     `pipeline` passes extra keyword arguments to the batching functions.
+    `pack` (encoder tasks) packs several examples into each row of `max_len` tokens, each
+    attending only to itself: the same model outputs with far less padding on short texts.
     `generate_sets` (reasoning): sets whose test records are also answered by greedy
     generation at every evaluation, scored like the papers' tables (`accuracy` = the
     average over sets); `generate_limit` keeps the first N records of each.
@@ -89,6 +91,7 @@ class Data:
     seed: int | None = None
     num_threads: int = 1
     pipeline: dict | None = None
+    pack: bool = False
     generate_sets: tuple[str, ...] = ()
     generate_limit: int | None = None
     generate_tokens: int = 32

@@ -7,6 +7,7 @@ pins it; a split whose examples would be cut at `data.max_len` says so.
 from __future__ import annotations
 
 from morejax.train.config import Experiment
+from morejax.train.model import PACKED_KEYS
 
 
 def task_kind(exp: Experiment) -> str:
@@ -20,6 +21,13 @@ BATCH_KEYS = {
     "regression": ("input_ids", "attention_mask", "token_type_ids", "labels", "valid"),
     "lm": ("input_ids", "attention_mask", "loss_mask", "valid"),
 }
+
+
+def batch_keys(data, kind: str) -> tuple[str, ...]:
+    """What the compiled steps take; packed rows add their segment and example indices."""
+    if data.pack and kind != "lm":
+        return BATCH_KEYS[kind] + PACKED_KEYS
+    return BATCH_KEYS[kind]
 
 
 class Head:
@@ -69,9 +77,11 @@ def batches(
     train: bool,
     seed: int = 0,
     num_labels: int | None = None,
+    groups: int = 1,
 ):
     """Training: endless shuffled global batches (this process's rows), restorable.
-    Evaluation: one ordered pass, the remainder padded with `valid=0` rows."""
+    Evaluation: one ordered pass, the remainder padded with `valid=0` rows.
+    `data.pack` packs encoder examples in `groups` groups (micro-batches x data shards)."""
     from morejax.data import pipeline
 
     kw = dict(data.pipeline or {})
@@ -80,6 +90,8 @@ def batches(
     else:
         fn = pipeline.encoder_batches
         kw.setdefault("num_labels", num_labels)
+        if data.pack:
+            kw.setdefault("pack_groups", groups)
     return fn(
         source,
         tokenizer,
@@ -95,7 +107,9 @@ def batches(
     )
 
 
-def train_batches(exp: Experiment, kind: str, source, tokenizer, seeds: list, vec: bool):
+def train_batches(
+    exp: Experiment, kind: str, source, tokenizer, seeds: list, vec: bool, groups: int = 1
+):
     """The training stream: one iterator, or one per member stacked on a leading axis."""
     from morejax.data import pipeline
 
@@ -109,6 +123,7 @@ def train_batches(exp: Experiment, kind: str, source, tokenizer, seeds: list, ve
             train=True,
             seed=data_seed(exp.data, seed),
             num_labels=exp.model.num_labels,
+            groups=groups,
         )
 
     return pipeline.StackedBatches([one(x) for x in seeds]) if vec else one(seeds[0])

@@ -26,7 +26,7 @@ from morejax.train import checkpoints, distributed
 from morejax.train.checkpoints import is_better
 from morejax.train.config import Experiment
 from morejax.train.evaluate import evaluate, metric_of
-from morejax.train.inputs import BATCH_KEYS, load_split, train_batches, truncation_warning
+from morejax.train.inputs import batch_keys, load_split, train_batches, truncation_warning
 from morejax.train.logger import Logger, fmt, say
 from morejax.train.mesh import replicated, to_global
 from morejax.train.optim import make_optimizer, schedule_shape
@@ -151,7 +151,8 @@ def training_data(exp: Experiment, s: Setup):
     warning = truncation_warning(data, s.kind, source, s.loaded.tokenizer, "train")
     if warning:
         say(warning)
-    stream = train_batches(exp, s.kind, source, s.loaded.tokenizer, s.seeds, s.n_members)
+    groups = exp.micro_batches * data_shards  # packing never mixes micro-batches or shards
+    stream = train_batches(exp, s.kind, source, s.loaded.tokenizer, s.seeds, s.n_members, groups)
     return stream, total_steps(exp, len(source))
 
 
@@ -361,7 +362,7 @@ def split_micro(exp: Experiment, s: Setup, local: dict) -> dict:
             local[k],
             (*np.shape(local[k])[:lead], exp.micro_batches, -1, *np.shape(local[k])[lead + 1 :]),
         )
-        for k in BATCH_KEYS[s.kind]
+        for k in batch_keys(exp.data, s.kind)
     }
 
 

@@ -104,7 +104,17 @@ def fresh_head(loaded: Loaded, seed: int):
     return init(jax.random.key(seed), jnp.zeros((1, 1, cfg.hidden_size), cfg.dtype))["params"]
 
 
+PACKED_KEYS = ("segment_ids", "position_ids", "cls_index")
+
+
 def model_inputs(family: str, batch) -> tuple:
     if family == "bert":
         return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
     return batch["input_ids"], batch["attention_mask"]
+
+
+def packed_inputs(batch) -> dict:
+    """The keyword arguments of a packed batch (none for a padded one)."""
+    if "cls_index" not in batch:
+        return {}
+    return {f"{k}_{s}": batch[k] for k, s in zip(PACKED_KEYS, ("BxL", "BxL", "GxS"))}

@@ -20,7 +20,7 @@ import morejax
 from morejax.train import distributed
 from morejax.train.config import Experiment
 from morejax.train.inputs import (
-    BATCH_KEYS,
+    batch_keys,
     batches,
     eval_splits,
     load_split,
@@ -36,6 +36,7 @@ from morejax.train.model import (
     kernel_layout,
     load_model,
     model_inputs,
+    packed_inputs,
 )
 from morejax.train.step import make_forward
 
@@ -116,10 +117,13 @@ def init_error(forward, model, family: str, reference, base, adapters, batch) ->
     """
 
     def plain(params, batch):
-        out = model.apply({"params": params}, *model_inputs(family, batch), deterministic=True)
+        inputs = model_inputs(family, batch)
+        out = model.apply({"params": params}, *inputs, deterministic=True, **packed_inputs(batch))
         return out[0] if isinstance(out, tuple) else out
 
-    rows = {k: gather(v)[:4] for k, v in batch.items()}
+    # A few rows suffice; packed rows and their examples do not slice apart, so all of them.
+    cut = slice(None) if "cls_index" in batch else slice(4)
+    rows = {k: gather(v)[cut] for k, v in batch.items()}
     want = np.asarray(jax.jit(plain)(reference, rows), np.float64)
     got = np.asarray(jax.jit(forward)(adapters, base, rows, None), np.float64)
     return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
@@ -144,7 +148,7 @@ def setup(exp: Experiment) -> Setup:
     # The evaluation split(s) as global device arrays, built once.
     granule = math.lcm(mesh.shape["data"], jax.process_count())
     eval_bs = int(math.ceil(exp.data.eval_batch_size / granule) * granule)
-    keys = BATCH_KEYS[kind]
+    keys = batch_keys(exp.data, kind)
     dev = {}
     for split in eval_splits(exp.data):
         source = load_split(exp.data, split, exp.data.eval_limit, exp.model.num_labels)
@@ -161,6 +165,7 @@ def setup(exp: Experiment) -> Setup:
                 eval_bs,
                 train=False,
                 num_labels=exp.model.num_labels,
+                groups=granule,
             )
         ]
 

@@ -17,12 +17,12 @@ from jax.sharding import PartitionSpec as P
 
 import morejax
 from morejax.train.mesh import base_sharding, replicated
-from morejax.train.model import model_inputs
+from morejax.train.model import model_inputs, packed_inputs
 
 
 def make_forward(model, family: str):
     def forward(adapters, base, batch, rng):
-        kwargs: dict = {"deterministic": rng is None}
+        kwargs: dict = {"deterministic": rng is None, **packed_inputs(batch)}
         if rng is not None:
             kwargs["rngs"] = {"dropout": rng}
         out = morejax.call(model.apply, base, adapters, *model_inputs(family, batch), **kwargs)
