@@ -297,3 +297,20 @@ def test_step_zero_check_measures_the_svd_residual_rounding(shared_data, capsys)
     assert "do not start at the base model" not in capsys.readouterr().out
     assert error("LoRA(rank=4)", "bfloat16") == 0.0
     assert error("DoRA(rank=4)", "bfloat16") < 1e-6
+
+
+def test_lm_loss_is_the_shifted_token_nll():
+    """logsumexp form == log_softmax of logits[:, :-1] at input_ids[:, 1:], response only."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (3, 6, 11)).astype(np.float32)
+    ids = rng.integers(0, 11, (3, 6)).astype(np.int32)
+    loss_mask = (rng.random((3, 6)) > 0.4).astype(np.int32)
+    batch = {"input_ids": ids, "loss_mask": loss_mask, "valid": np.array([1, 1, 0])}
+    got_sum, got_n = steps.per_example_loss(jnp.asarray(logits), batch, "lm")
+    logp = jax.nn.log_softmax(logits[:, :-1], -1)
+    nll = -np.take_along_axis(np.asarray(logp), ids[:, 1:, None], -1)[..., 0]
+    mask = loss_mask[:, 1:] * batch["valid"][:, None]
+    np.testing.assert_allclose(got_sum, (nll * mask).sum(-1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got_n, mask.sum(-1))
+    half, _ = steps.per_example_loss(jnp.asarray(logits, jnp.bfloat16), batch, "lm")
+    np.testing.assert_allclose(half, (nll * mask).sum(-1), rtol=2e-2, atol=5e-2)

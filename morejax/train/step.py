@@ -35,9 +35,15 @@ def per_example_loss(out, batch, kind: str):
     """(loss summed per row, count per row): sums make accumulation exact over micro-batches."""
     valid = batch["valid"].astype(jnp.float32)
     if kind == "lm":
-        logp = jax.nn.log_softmax(out[:, :-1].astype(jnp.float32))
-        nll = -jnp.take_along_axis(logp, batch["input_ids"][:, 1:, None], -1)[..., 0]
-        mask = batch["loss_mask"][:, 1:].astype(jnp.float32) * valid[:, None]
+        # Position t predicts token t+1. NLL = logsumexp - the target's logit: XLA fuses the
+        # float32 cast into the reductions, so no float32 copy of the (B, L, vocab) logits (or
+        # their shifted slice) is written, unlike log_softmax.
+        ids, loss_mask = batch["input_ids"], batch["loss_mask"]
+        targets = jnp.concatenate([ids[:, 1:], ids[:, :1]], axis=1)  # last column is masked
+        mask = jnp.concatenate([loss_mask[:, 1:], jnp.zeros_like(loss_mask[:, :1])], axis=1)
+        mask = mask.astype(jnp.float32) * valid[:, None]
+        picked = jnp.take_along_axis(out, targets[..., None], -1)[..., 0].astype(jnp.float32)
+        nll = jax.nn.logsumexp(out.astype(jnp.float32), axis=-1) - picked
         return jnp.sum(nll * mask, -1), jnp.sum(mask, -1)
     if kind == "regression":
         err = (out.astype(jnp.float32) - batch["labels"].astype(jnp.float32)) ** 2
