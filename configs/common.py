@@ -54,6 +54,53 @@ def milora(rank: int = 32, alpha: float | None = None, dropout: float = 0.05) ->
     return fdl.Config(morejax.MiLoRA, rank=rank, alpha=alpha, dropout=dropout)
 
 
+def pissa(rank: int = 32, alpha: float | None = None, dropout: float = 0.05) -> fdl.Config:
+    return fdl.Config(morejax.PiSSA, rank=rank, alpha=alpha, dropout=dropout)
+
+
+def dora(rank: int = 32, alpha: float = 64.0, dropout: float = 0.05) -> fdl.Config:
+    return fdl.Config(morejax.DoRA, rank=rank, alpha=alpha, dropout=dropout)
+
+
+def more_minor(
+    nblocks: int = 4, rank: int = 4, dropout: float = 0.0, residual_dtype: str | None = None
+) -> fdl.Config:
+    """MoRe initialised from each Monarch block's smallest singular components (exploratory)."""
+    return fdl.Config(
+        morejax.MoReMinor,
+        nblocks=nblocks,
+        rank=rank,
+        dropout=dropout,
+        residual_dtype=residual_dtype,
+    )
+
+
+REASONING_METHODS = ("lora", "pissa", "milora", "dora", "more", "more_minor")
+
+
+def reasoning_adapter(
+    method: str, rank: int, dropout: float = 0.05, residual_dtype: str | None = None
+) -> fdl.Config:
+    """One of REASONING_METHODS at the budget of a rank-`rank` LoRA (MoRe: nb4 and the same
+    rank, r·nb_eff·(p+s) ≈ r·(d_in+d_out) per matrix; DoRA adds its d_out magnitudes).
+
+    LoRA and DoRA scale α = 2r (the LLM-Adapters / DoRA recipe), PiSSA and MiLoRA α = r (their
+    official code). `residual_dtype` keeps SVD residuals float32 under a bf16 base."""
+    if method == "lora":
+        return lora(rank, 2.0 * rank, dropout)
+    if method == "dora":
+        return dora(rank, 2.0 * rank, dropout)
+    if method in ("pissa", "milora"):
+        cfg = (pissa if method == "pissa" else milora)(rank, None, dropout)
+        cfg.residual_dtype = residual_dtype
+        return cfg
+    if method == "more":
+        return more(4, rank, dropout)
+    if method == "more_minor":
+        return more_minor(4, rank, dropout, residual_dtype)
+    raise ValueError(f"unknown method {method!r}; use one of {', '.join(REASONING_METHODS)}")
+
+
 # ----------------------------------------------------------------------------- tasks
 
 
@@ -168,3 +215,71 @@ def reasoning_recipe(
         dropout=True,
         base_dtype="bfloat16",
     )
+
+
+def smollm2_f32() -> fdl.Config:
+    """SmolLM2-135M from its pip GGUF, dequantised to float32 at load: every run starts from
+    the same tensors (deterministic dequantisation; the drivers record their checksum)."""
+    return fdl.Config(
+        Model, name="smollm2-135m", family="llama", head="lm", num_labels=0, dtype="float32"
+    )
+
+
+def milora_tables(
+    task: str,
+    method: str,
+    scale: str,
+    *,
+    rank: int,
+    paper_rank: int,
+    paper_task: str,
+    lr: float,
+    steps: int,
+    max_len: int,
+    buckets: tuple[int, ...],
+    generate_limit: int,
+    generate_tokens: int,
+) -> fdl.Config:
+    """The MiLoRA tables' recipe on q,k,v,up,down: `scale='paper'` is MiLoRA's LLaMA-2-7B run
+    unchanged (paper_rank, paper_task, 3 epochs, lr 3e-4, bf16 base; weights from
+    model.checkpoint); `scale='small'` shrinks it for SmolLM2-135M on a 2-core CPU: float32
+    throughout, `rank`, `steps` of batch 16 grouped by length, linear decay with 5% warmup,
+    dropout 0.05, no weight decay, validation loss on 96 held-out records (interleaved over
+    the mixture's sets), `generate_limit` test records per set answered by greedy decoding
+    (at most `generate_tokens` new tokens, stopping at EOS)."""
+    if scale not in ("small", "paper"):
+        raise ValueError(f"scale must be 'small' or 'paper', got {scale!r}")
+    if scale == "paper":
+        cfg = reasoning_recipe(
+            llama("llama-2-7b"),
+            reasoning_adapter(method, paper_rank),
+            QKVUD_LLAMA,
+            paper_task,
+            lr=3e-4,
+            weight_decay=0.0,
+        )
+        cfg.name = f"{paper_task}-{method}-llama2-7b"
+        return cfg
+    cfg = reasoning_recipe(
+        smollm2_f32(),
+        reasoning_adapter(method, rank),
+        QKVUD_LLAMA,
+        task,
+        lr=lr,
+        weight_decay=0.0,
+    )
+    cfg.name = f"{task.split('+')[0] if '+' in task else task}-{method}-smollm2".replace("/", "_")
+    cfg.base_dtype = "float32"
+    cfg.epochs = None
+    cfg.steps = steps
+    cfg.optimizer.warmup_steps = None
+    cfg.optimizer.warmup_ratio = 0.05
+    cfg.data.max_len = max_len
+    cfg.data.buckets = buckets
+    cfg.data.eval_limit = 96
+    cfg.data.generate_limit = generate_limit
+    cfg.data.generate_tokens = generate_tokens
+    cfg.data.num_threads = 0
+    cfg.data.pipeline = {"group_by_length": 20}  # batches of similar length: less padding
+    cfg.log_every = 10
+    return cfg

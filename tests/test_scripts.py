@@ -203,3 +203,27 @@ def test_make_figures_reduced(tmp_path, shared_data):
     assert out.startswith("notebooks/more_anatomy.py: executed in")
     assert (tmp_path / "figs" / "more_anatomy_structure.png").is_file()
     assert (tmp_path / "nb" / "more_anatomy.ipynb").is_file()
+
+
+@smoke("experiments/reasoning_tables.py")
+def test_reasoning_tables_reduced_resumes_and_reports(tmp_path, shared_data):
+    """The math table and the forgetting table on a tiny random model: points land as JSON,
+    a rerun finds them done, the Markdown lists what is missing (the commonsense runs)."""
+    args = ["--reduced", "--methods", "more_minor", "--out-dir", tmp_path, "--workdir", tmp_path]
+    out = run("experiments/reasoning_tables.py", "--table", "math", *args)
+    res = tmp_path / "math_small"
+    test = json.loads((res / "test__more_minor.json").read_text())
+    assert set(test["scores"]) == {"gsm8k", "AQuA", "average"}
+    assert {"q_proj", "up_proj", "down_proj"} <= set(test["shifts"])
+    assert test["params"] > 0 and test["settings"]["reduced"]
+    rows = table((res / "table.md").read_text())
+    assert rows[0][:3] == ["method", "params", "lr"] and rows[2][0].startswith("MoReMinor")
+    assert "Missing points (0)" in out
+    again = run("experiments/reasoning_tables.py", "--table", "math", *args)
+    assert "math: " not in again  # every point was already done
+    forget = run("experiments/reasoning_tables.py", "--table", "forgetting", *args)
+    assert "skipped: commonsense more_minor" in forget
+    assert (tmp_path / "commonsense_small" / "forget__math__more_minor.json").is_file()
+    assert "Missing points (1): forget/commonsense/more_minor" in forget
+    dry = run("experiments/reasoning_tables.py", "--table", "commonsense", "--dry-run", *args)
+    assert "train/more_minor/lr=0.001" in dry and "total still to run" in dry

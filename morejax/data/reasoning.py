@@ -16,6 +16,10 @@ Splits: a training file (a mixture such as commonsense_170k, a set's train.json,
 held-out slice and ``validation`` is that slice (validation loss during training).
 Mixtures are scored like the papers: per set, by generation on each set's test.json
 (``mixture_test_sets``); asking a mixture for ``test`` is an error.
+A name joined with ``+`` (``boolq+ARC-Easy+ARC-Challenge+openbookqa``) is the mixture of
+those training files: 'train' concatenates their train splits, 'validation' interleaves
+their held-out slices (so any prefix of it has every set), and it is scored on each part's
+test sets.
 """
 
 from __future__ import annotations
@@ -304,6 +308,10 @@ def mixture_test_sets(name: str | os.PathLike) -> tuple[str, ...]:
     set (a name or ``<set>/train.json``) is scored on its own test file.
     """
     s = os.fspath(name)
+    parts = _parts(s)
+    if parts is not None:
+        sets = [x for p in parts for x in mixture_test_sets(p)]
+        return tuple(dict.fromkeys(sets))
     mixture = _mixture_of(s)
     if mixture in COMMONSENSE_MIXTURES:
         return COMMONSENSE_SETS
@@ -386,6 +394,25 @@ def _test_of_training_file(s: str) -> ValueError:
     )
 
 
+def _parts(name_or_path) -> list[str] | None:
+    """The files of a '+'-joined mixture name, or None for a single name or path."""
+    s = os.fspath(name_or_path)
+    if "+" not in s or s.endswith(".json"):
+        return None
+    parts = [p.strip() for p in s.split("+")]
+    if any(not p for p in parts):
+        raise ValueError(f"empty part in the mixture name {s!r}: join set names with '+'")
+    return parts
+
+
+def _interleave(lists: Sequence[list]) -> list:
+    """Round-robin over the lists (the longer ones finish last)."""
+    out = []
+    for i in range(max(map(len, lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
+
+
 def load_split_records(
     name_or_path: str | os.PathLike,
     split: str = "test",
@@ -400,6 +427,17 @@ def load_split_records(
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
     s = os.fspath(name_or_path)
+    parts = _parts(s)
+    if parts is not None:
+        if split == "test":
+            raise ValueError(
+                f"{s!r} is a training mixture and has no 'test' split: it is scored per set on "
+                f"{', '.join(mixture_test_sets(s))} (data.generate_sets)"
+            )
+        each = [
+            load_split_records(p, split, root, required=required, holdout=holdout) for p in parts
+        ]
+        return _interleave(each) if split == "validation" else [r for x in each for r in x]
     if split == "test":
         if _is_training_file(s):
             raise _test_of_training_file(s)
@@ -418,6 +456,15 @@ def load_examples(
     holdout: int | float | None = None,
 ) -> list[dict]:
     """One split of a set or mixture as pipeline examples (splits: ``load_split_records``)."""
+    parts = _parts(name_or_path)
+    if parts is not None:
+        if split == "test":
+            load_split_records(name_or_path, split, root)  # the error that names the sets
+        each = [
+            load_examples(p, split, root, style=style, required=required, holdout=holdout)
+            for p in parts
+        ]
+        return _interleave(each) if split == "validation" else [e for x in each for e in x]
     records = load_split_records(name_or_path, split, root, required=required, holdout=holdout)
     return to_examples(records, _set_label(name_or_path), style)
 
