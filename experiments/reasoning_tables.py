@@ -10,8 +10,10 @@ A table is a list of points, each kept as an atomic JSON under results/<table>_s
 finishes (and committed with `--commit`); rerunning skips finished points, resumes a
 half-trained run from its checkpoint (runs/reasoning_tables/), and rewrites the Markdown
 after every point with what is still missing. Points:
-- `train/<method>/lr=<lr>`: the config (configs/<table>_smollm2.py) at one learning rate;
-  keeps its loss on the held-out validation slice (never a test set).
+- `train/<method>`: the config (configs/<table>_smollm2.py) at each learning rate of the
+  grid, as the members of one vectorised program (`vmap_learning_rates`: one model load and
+  one compile per method); keeps each member's loss on the held-out validation slice
+  (never a test set).
 - `test/<method>`: the learning rate with the lowest validation loss, its adapters merged and
   scored on a fixed random subset of each test set (greedy, KV cache, stops at EOS), and the
   principal angles between each adapted matrix's pretrained and fine-tuned top-k singular
@@ -181,9 +183,11 @@ class Plan:
             "overrides": list(self.overrides),
         }
 
-    def config_overrides(self, method: str, lr: float) -> dict:
-        out = {"method": method, "optimizer.learning_rate": lr, "data.generate_sets": ()}
-        out.update(steps=self.steps, checkpoint_every=max(1, min(50, self.steps)))
+    def config_overrides(self, method: str) -> dict:
+        lrs = tuple(self.lrs[method])
+        out = {"method": method, "optimizer.learning_rate": lrs[0], "data.generate_sets": ()}
+        out["vmap_learning_rates"] = lrs
+        out.update(steps=self.steps, checkpoint_every=max(1, min(50, self.steps // 4)))
         if self.reduced:
             out.update(
                 {
@@ -208,12 +212,10 @@ def default_lrs(table: Table, methods, reduced: bool) -> dict:
     }
 
 
-def load_exp(plan: Plan, method: str, lr: float):
+def load_exp(plan: Plan, method: str):
     from morejax.train import config
 
-    cfg = config.load(
-        ROOT / plan.table.config, plan.overrides, extra=plan.config_overrides(method, lr)
-    )
+    cfg = config.load(ROOT / plan.table.config, plan.overrides, extra=plan.config_overrides(method))
     return cfg, config.build(cfg)
 
 
@@ -230,18 +232,18 @@ def prepare_reduced(plan: Plan) -> None:
 # ----------------------------------------------------------------------------- points
 
 
-def run_train(plan: Plan, method: str, lr: float) -> dict:
+def run_train(plan: Plan, method: str) -> dict:
     from morejax.train import config, loop
 
-    cfg, exp = load_exp(plan, method, lr)
-    workdir = plan.runs / plan.table.name / f"{method}_lr{lr:g}"
+    cfg, exp = load_exp(plan, method)
+    workdir = plan.runs / plan.table.name / method
     start = time.time()
     out = loop.train(exp, workdir, resolved=config.to_json(cfg), progress=False)
-    final = out["final"] or {}
+    final = out["final"] or [{}] * len(plan.lrs[method])
     return {
         "method": method,
-        "lr": lr,
-        "val_loss": float(final.get("loss", math.nan)),
+        "lrs": list(plan.lrs[method]),
+        "val_loss": [float(m.get("loss", math.nan)) for m in final],
         "steps": out["steps"],
         "init_error": out["init_error"],
         "workdir": str(workdir),
@@ -249,12 +251,33 @@ def run_train(plan: Plan, method: str, lr: float) -> dict:
     }
 
 
+def stop_ids(tokenizer) -> tuple[int, ...]:
+    """The tokenizer's EOS and the one training appended: for SmolLM2 they differ (generation
+    stops at <|im_end|>, the pipeline appends the first of its EOS names present,
+    <|endoftext|>); stopping only at the former lets a tuned model run past its answer."""
+    from morejax.data import pipeline
+
+    ids = {getattr(tokenizer, "eos_token_id", None)}
+    for name in getattr(pipeline, "_EOS_TOKENS", ("</s>", "<|endoftext|>", "<|im_end|>")):
+        found = tokenizer.token_to_id(name)
+        if found is not None:
+            ids.add(found)
+            break  # the pipeline appends the first one present
+    return tuple(sorted(i for i in ids if i is not None))
+
+
 def generate_scores(model, params, tokenizer, sets: dict, tokens: int) -> dict:
     """Accuracy per set on the given records (merged params: one plain forward per token)."""
     from morejax.data import reasoning
     from morejax.models import generate
 
-    fn = generate.text_generator((model, params, tokenizer), max_new_tokens=tokens)
+    # Prompts padded to a multiple of 64: a few compiled shapes instead of one per batch.
+    fn = generate.text_generator(
+        (model, params, tokenizer),
+        max_new_tokens=tokens,
+        stop_ids=stop_ids(tokenizer),
+        pad_to_multiple=64,
+    )
     n = max(len(r) for r in sets.values())
     # Decoding a row costs little more than decoding 16 (each step reads all the weights):
     # one batch per set of up to 32 records.
@@ -269,20 +292,26 @@ def test_records(plan: Plan, names, per_set: int | None = None) -> dict:
 
 
 def best_lr(plan: Plan, method: str) -> dict | None:
-    rows = [point(plan, f"train/{method}/lr={lr:g}") for lr in plan.lrs[method]]
-    if any(r is None for r in rows):
+    """The member with the lowest validation loss: {lr, member, val_loss, workdir}."""
+    rec = point(plan, f"train/{method}")
+    if rec is None:
         return None
-    return min(rows, key=lambda r: (math.isnan(r["val_loss"]), r["val_loss"]))
+    losses = [math.inf if math.isnan(v) else v for v in rec["val_loss"]]
+    i = int(np.argmin(losses))
+    return {"lr": rec["lrs"][i], "member": i, "val_loss": rec["val_loss"][i], **rec}
 
 
 def restore_merged(plan: Plan, method: str, chosen: dict):
     """(model, tokenizer, pretrained params, merged params, base, adapters) of a finished run."""
+    import jax
+
     import morejax
     from morejax.train import evaluate
     from morejax.train.model import load_model
 
-    _, exp = load_exp(plan, method, chosen["lr"])
-    s, _, adapters, _ = evaluate.restore_checkpoint(exp, chosen["workdir"], "best")
+    _, exp = load_exp(plan, method)
+    s, _, stacked, _ = evaluate.restore_checkpoint(exp, chosen["workdir"], "best")
+    adapters = jax.tree.map(lambda x: x[chosen["member"]], stacked)  # the chosen member
     pretrained = load_model(exp.model, seed=exp.seed).params
     merged = morejax.merge(s.base, adapters)
     return s.loaded.model, s.loaded.tokenizer, pretrained, merged, s.base, adapters
@@ -312,7 +341,7 @@ def run_test(plan: Plan, method: str) -> dict:
 def run_base(plan: Plan, names) -> dict:
     from morejax.train.model import load_model
 
-    _, exp = load_exp(plan, plan.methods[0], plan.lrs[plan.methods[0]][0])
+    _, exp = load_exp(plan, plan.methods[0])
     start = time.time()
     loaded = load_model(exp.model, seed=exp.seed)
     scores = generate_scores(
@@ -359,7 +388,7 @@ def point(plan: Plan, name: str) -> dict | None:
 
 
 def table_points(plan: Plan) -> list[str]:
-    names = [f"train/{m}/lr={lr:g}" for m in plan.methods for lr in plan.lrs[m]]
+    names = [f"train/{m}" for m in plan.methods]
     return names + ["test/base"] + [f"test/{m}" for m in plan.methods]
 
 
@@ -384,7 +413,11 @@ def estimate_s(plan: Plan, name: str, timing: dict) -> float:
     t = {k: v * MARGIN for k, v in timing.items() if isinstance(v, float)}
     math_table = plan.table.name == "math"
     padded = 180 if math_table else 110
-    overhead = 2 * t["load_s"] + 60.0
+    # Per point: loads, restore / merge / digest / subspace angles, and compiling the
+    # decoding loop for ~3 prompt lengths (20 s each); a training point instead compiles
+    # its train and eval steps and inits the adapters (~150 s, a 2-step run on a busy
+    # machine took 450 s).
+    overhead = 2 * t["load_s"] + 60.0 + 3 * 20.0 * MARGIN
 
     def generation(sets, n, tokens, stop_at):
         batches = sum(math.ceil(n / 16) for _ in sets)
@@ -395,7 +428,9 @@ def estimate_s(plan: Plan, name: str, timing: dict) -> float:
 
     if name.startswith("train/"):
         val = 96 * padded * t["prefill_s_per_token"]
-        return overhead + plan.steps * 16 * padded * t["train_s_per_token"] + val
+        setup = 150.0 * MARGIN
+        members = len(plan.lrs[name.split("/")[1]])  # one program trains every rate
+        return setup + members * (plan.steps * 16 * padded * t["train_s_per_token"] + val)
     stop = 150 if math_table else 12  # decode steps until a batch's rows all stop
     if name == "test/base":
         stop = plan.tokens  # the untuned model rarely stops early
@@ -408,6 +443,22 @@ def estimate_s(plan: Plan, name: str, timing: dict) -> float:
     # The other table's sets: a model tuned on the other format mostly stops early.
     other = plans_of(plan)[plans_of(plan)[name.split("/")[1]].table.other]
     return overhead + own + generation(other.sets, other.per_set, other.tokens, 40)
+
+
+def kind(name: str) -> str:
+    return name.split("/")[0]
+
+
+def calibration(plan: Plan, names, timing: dict) -> dict:
+    """{point kind: mean actual / estimated wall time} over finished points: the measured
+    micro-benchmark misses data loading, the optimizer and compilation, a finished point
+    does not."""
+    ratios: dict = {}
+    for name in names:
+        rec = point(plan, name)
+        if rec is not None and rec.get("wall_s"):
+            ratios.setdefault(kind(name), []).append(rec["wall_s"] / estimate_s(plan, name, timing))
+    return {k: round(float(np.mean(v)), 2) for k, v in ratios.items()}
 
 
 def commit(paths: list[Path], message: str) -> None:
@@ -548,9 +599,9 @@ def write_table_md(plan: Plan, command: str) -> Path:
     ]
     for m in plan.methods:
         cells = []
-        for lr in plan.lrs[m]:
-            r = recs.get(f"train/{m}/lr={lr:g}")
-            cells.append(f"{lr:g}: {r['val_loss']:.4f}" if r else f"{lr:g}: …")
+        r = recs.get(f"train/{m}")
+        for i, lr in enumerate(plan.lrs[m]):
+            cells.append(f"{lr:g}: {r['val_loss'][i]:.4f}" if r else f"{lr:g}: …")
         lines += [f"| {LABELS[m]} | " + " | ".join(cells) + " |"]
     lines += ["", sizing_note(plan), ""]
     lines += [f"Missing points ({len(missing)}): " + (", ".join(missing) or "none"), ""]
@@ -648,20 +699,32 @@ def make_plan(name: str, args) -> Plan:
     )
 
 
-def run_points(plan: Plan, names, do, command, write, commit_it) -> None:
+def run_points(plan: Plan, names, do, command, write, args, argv) -> None:
+    """Each missing point in order; by default each in a child process (this script with
+    `--only`), so a long table does not accumulate compiled programs and buffers."""
     for name in names:
         if point(plan, name) is not None:
             continue
-        print(f"[{time.strftime('%H:%M:%S')}] {plan.table.name}: {name}", flush=True)
-        rec = do(name)
-        if rec is None:
+        if args.only and name != args.only:
             continue
-        rec["settings"] = plan.settings()
+        print(f"[{time.strftime('%H:%M:%S')}] {plan.table.name}: {name}", flush=True)
         path = point_path(plan, name)
-        write_json(path, rec)
+        if args.only or args.in_process:
+            rec = do(name)
+            if rec is None:
+                continue
+            rec["settings"] = plan.settings()
+            write_json(path, rec)
+            write(command)
+        else:
+            child = [a for a in argv if a != "--commit"] + ["--only", name]
+            subprocess.run([sys.executable, __file__, *child], check=True)
+            rec = point(plan, name)
+            if rec is None:
+                continue  # skipped (unfinished inputs)
         md = write(command)
         print(f"  done in {rec['wall_s']:.0f} s -> {path}", flush=True)
-        if commit_it:
+        if args.commit:
             commit([path, md], f"results: {plan.table.name} {name}")
 
 
@@ -732,6 +795,9 @@ def main(argv=None):
     parser.add_argument("--out-dir", default=str(ROOT / "results"))
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "reasoning_tables"))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--only", help="run this one point (what each child process does)")
+    parser.add_argument("--in-process", action="store_true", help="no child processes")
+    argv = list(sys.argv[1:] if argv is None else map(str, argv))
     args = parser.parse_args(argv)
     timing_path = Path(args.out_dir) / "reasoning_tables_timing.json"
     if args.measure:
@@ -742,7 +808,8 @@ def main(argv=None):
     if not args.table:
         parser.error("--table is required (or --measure)")
     timing = read_json(timing_path) or DEFAULT_TIMING
-    command = "python experiments/reasoning_tables.py " + " ".join(argv or sys.argv[1:])
+    shown = [a for a in argv if a not in ("--only", args.only, "--in-process")]
+    command = "python experiments/reasoning_tables.py " + " ".join(shown)
     names = ("commonsense", "math") if args.table == "forgetting" else (args.table,)
     plans = {n: make_plan(n, args) for n in names}
     _PLANS.update(plans)
@@ -750,11 +817,14 @@ def main(argv=None):
         total = 0.0
         for plan in plans.values():
             points = table_points(plan) if args.table != "forgetting" else forget_points(plans)
+            scale = calibration(plan, points, timing)
             for name in points:
                 done = point(plan, name) is not None
-                est = 0.0 if done else estimate_s(plan, name, timing)
+                est = 0.0 if done else estimate_s(plan, name, timing) * scale.get(kind(name), 1)
                 total += est
                 print(f"{name:40s} {'done' if done else f'~{est / 60:.0f} min'}")
+            if scale:
+                print("estimates scaled by the finished points' actual/estimated: " + str(scale))
             if args.table == "forgetting":
                 break
         print(
@@ -781,22 +851,24 @@ def main(argv=None):
             return run_forget(plan, other, unseen, parts[2])
 
         write = lambda c: write_forget_md(plans, c)
-        run_points(first, forget_points(plans), do, command, write, args.commit)
-        print(write_forget_md(plans, command).read_text())
+        run_points(first, forget_points(plans), do, command, write, args, argv)
+        if not args.only:
+            print(write_forget_md(plans, command).read_text())
         return
     plan = plans[args.table]
 
     def do(name):
         parts = name.split("/")
         if parts[0] == "train":
-            return run_train(plan, parts[1], float(parts[2].removeprefix("lr=")))
+            return run_train(plan, parts[1])
         if parts[1] == "base":
             return run_base(plan, plan.sets)
         return run_test(plan, parts[1])
 
     write = lambda c: write_table_md(plan, c)
-    run_points(plan, table_points(plan), do, command, write, args.commit)
-    print(write_table_md(plan, command).read_text())
+    run_points(plan, table_points(plan), do, command, write, args, argv)
+    if not args.only:
+        print(write_table_md(plan, command).read_text())
 
 
 if __name__ == "__main__":

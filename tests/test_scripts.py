@@ -226,4 +226,4 @@ def test_reasoning_tables_reduced_resumes_and_reports(tmp_path, shared_data):
     assert (tmp_path / "commonsense_small" / "forget__math__more_minor.json").is_file()
     assert "Missing points (1): forget/commonsense/more_minor" in forget
     dry = run("experiments/reasoning_tables.py", "--table", "commonsense", "--dry-run", *args)
-    assert "train/more_minor/lr=0.001" in dry and "total still to run" in dry
+    assert "train/more_minor " in dry and "total still to run" in dry
