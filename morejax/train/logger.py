@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jax
@@ -23,7 +24,8 @@ class Logger:
     def write(self, step: int, split: str, metrics: dict) -> None:
         if not self.active:
             return
-        row = {"step": int(step), "split": split}
+        # Unix time on each row: time-to-accuracy is read off the log (not sent to TensorBoard).
+        row = {"step": int(step), "split": split, "time": round(time.time(), 3)}
         row.update({k: np.asarray(v).tolist() for k, v in metrics.items()})
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
