@@ -227,3 +227,28 @@ def test_reasoning_tables_reduced_resumes_and_reports(tmp_path, shared_data):
     assert "Missing points (1): forget/commonsense/more_minor" in forget
     dry = run("experiments/reasoning_tables.py", "--table", "commonsense", "--dry-run", *args)
     assert "train/more_minor " in dry and "total still to run" in dry
+
+
+@smoke("benchmarks/step_time.py")
+def test_step_time_benchmark():
+    out = run("benchmarks/step_time.py", "--batch", "2", "--length", "8", "--repeats", "1",
+              "--methods", "lora_qv", "--init-sizes", "minilm", "--no-record")  # fmt: skip
+    rows = table(out)
+    assert rows[0][:3] == ["method", "form", "step s"]
+    assert {r[1] for r in rows[1:] if r[0] == "lora_qv"} == {"factored", "merged"}
+    assert "PEFT / morejax LoRA r8 q,v step time" in out
+
+
+@smoke("benchmarks/llama_mfu.py")
+def test_llama_mfu_benchmark():
+    out = run("benchmarks/llama_mfu.py", "--size", "tiny", "--batch", "2", "--length", "32",
+              "--repeats", "1", "--no-record")  # fmt: skip
+    assert re.search(r"MFU \d+\.\d%", out)
+
+
+@smoke("benchmarks/sst2_vs_peft.py")
+def test_sst2_vs_peft_benchmark(shared_data):
+    out = run("benchmarks/sst2_vs_peft.py", "--steps", "2", "--eval-every", "2",
+              "--train-limit", "128", "--eval-limit", "32", "--no-record")  # fmt: skip
+    names = [r[0] for r in table(out)[1:]]
+    assert names[0].startswith("PEFT") and any("main job" in n for n in names)
