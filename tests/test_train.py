@@ -194,7 +194,8 @@ def test_packed_rows_train_like_padded_ones(shared_data, runs):
         [r["loss"] for r in _rows(padded, "train")],
         rtol=2e-5,
     )
-    assert [r["score"] for r in _rows(packed, "eval")] == [r["score"] for r in _rows(padded, "eval")]
+    packed_scores = [r["score"] for r in _rows(packed, "eval")]
+    assert packed_scores == [r["score"] for r in _rows(padded, "eval")]
     for a, b in zip(_adapters(padded, 8), _adapters(packed, 8), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
 
