@@ -251,21 +251,6 @@ def run_train(plan: Plan, method: str) -> dict:
     }
 
 
-def stop_ids(tokenizer) -> tuple[int, ...]:
-    """The tokenizer's EOS and the one training appended: for SmolLM2 they differ (generation
-    stops at <|im_end|>, the pipeline appends the first of its EOS names present,
-    <|endoftext|>); stopping only at the former lets a tuned model run past its answer."""
-    from morejax.data import pipeline
-
-    ids = {getattr(tokenizer, "eos_token_id", None)}
-    for name in getattr(pipeline, "_EOS_TOKENS", ("</s>", "<|endoftext|>", "<|im_end|>")):
-        found = tokenizer.token_to_id(name)
-        if found is not None:
-            ids.add(found)
-            break  # the pipeline appends the first one present
-    return tuple(sorted(i for i in ids if i is not None))
-
-
 def generate_scores(model, params, tokenizer, sets: dict, tokens: int) -> dict:
     """Accuracy per set on the given records (merged params: one plain forward per token)."""
     from morejax.data import reasoning
@@ -275,7 +260,6 @@ def generate_scores(model, params, tokenizer, sets: dict, tokens: int) -> dict:
     fn = generate.text_generator(
         (model, params, tokenizer),
         max_new_tokens=tokens,
-        stop_ids=stop_ids(tokenizer),
         pad_to_multiple=64,
     )
     n = max(len(r) for r in sets.values())

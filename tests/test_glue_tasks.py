@@ -21,8 +21,7 @@ MAIN = str(ROOT / "configs" / "glue_more_minilm.py")
 TINY = [
     "model.pretrained=False",
     "model.tokenizer=minilm-l6",
-    "model.overrides={'num_layers': 1, 'hidden_size': 32, 'num_heads': 2, "
-    "'intermediate_size': 64}",
+    "model.overrides={'num_layers': 1, 'hidden_size': 32, 'num_heads': 2, 'intermediate_size': 64}",
     "data.num_threads=0",
     "data.eval_batch_size=16",
     "batch_size=8",

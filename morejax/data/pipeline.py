@@ -99,6 +99,18 @@ def _unwrap(tokenizer: Any) -> Tokenizer:
     return tok
 
 
+def appended_eos_id(tokenizer: Any) -> int | None:
+    """The EOS the LM collator appends by default: the first of ``_EOS_TOKENS`` in the
+    vocabulary. Generation must stop at it too, and it can differ from the tokenizer's
+    own EOS (SmolLM2: ``<|endoftext|>`` here, ``<|im_end|>`` there)."""
+    tok = _unwrap(tokenizer)
+    for token in _EOS_TOKENS:
+        found = tok.token_to_id(token)
+        if found is not None:
+            return int(found)
+    return None
+
+
 def _own_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
     """A private copy, so our truncation/padding settings never touch the caller's
     object and prefetch threads never share mutable state with it."""
@@ -390,10 +402,7 @@ class DecoderCollator:
         self.tokenizer = _own_tokenizer(raw)
         self.pad_id = _pad_id(raw, pad_id)
         if eos_id is None:
-            for token in _EOS_TOKENS:
-                eos_id = self.tokenizer.token_to_id(token)
-                if eos_id is not None:
-                    break
+            eos_id = appended_eos_id(raw)
         if eos_id is None:
             raise ValueError(f"no EOS token among {_EOS_TOKENS} in the vocabulary: pass eos_id")
         self.eos_id = int(eos_id)

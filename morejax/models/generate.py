@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from morejax.data import pipeline
+
 __all__ = [
     "GenerateOutput",
     "left_pad",
@@ -267,6 +269,23 @@ def _unpack(pretrained):
     return model, params, tokenizer
 
 
+def default_stop_ids(tokenizer, config=None) -> tuple[int, ...]:
+    """The tokenizer's (else the config's) EOS and the EOS our LM training appends:
+    a model tuned here ends its answers with the latter, so stopping only at the
+    former lets it run on past the answer."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(config, "eos_token_id", None)
+    ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    try:
+        appended = pipeline.appended_eos_id(tokenizer)
+    except TypeError:  # not a tokenizers.Tokenizer: only its own EOS is known
+        appended = None
+    if appended is not None:
+        ids.add(appended)
+    return tuple(sorted(int(i) for i in ids))
+
+
 def generate_text(
     pretrained,
     prompts: Sequence[str],
@@ -296,11 +315,8 @@ def generate_text(
     default_apply, init_cache = llama_callables(model)
     apply_fn = apply_fn or default_apply
     params = base_params if params is None else params
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
     if stop_ids is None:
-        stop_ids = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+        stop_ids = default_stop_ids(tokenizer, model.config)
     if chat:
         template = getattr(tokenizer, "chat_template", None)
         texts = []

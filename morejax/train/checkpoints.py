@@ -273,9 +273,7 @@ class Checkpoints:
             create=True,
         )
         try:
-            self.manager = ocp.CheckpointManager(
-                self.directory, options=options, item_names=ITEMS
-            )
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
         except Exception:
             probe_writable(self.directory)  # the clear error when the folder is the cause
             raise
