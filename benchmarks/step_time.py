@@ -15,6 +15,8 @@ cores) when torch, transformers and peft are installed.
 from __future__ import annotations
 
 import argparse
+import collections
+import re
 import statistics
 import sys
 import time
@@ -26,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax import lax  # noqa: E402
 
 import morejax  # noqa: E402
 from benchmarks import write_section  # noqa: E402
@@ -119,6 +122,53 @@ def compiled_stats(compiled) -> tuple[float, float]:
     return flops / 1e9, mem / 2**20
 
 
+_DEF = re.compile(r"%(\S+) = (\w+)\[([\d,]*)\]")
+_DOT = re.compile(r"= \w+\[[\d,]*\]\S* dot\(%([^,\s]+), %([^,\s)]+)\), (.*)")
+_DIMS = ("lhs_batch_dims", "lhs_contracting_dims", "rhs_batch_dims", "rhs_contracting_dims")
+_DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16, "f16": jnp.float16}
+
+
+def step_dots(hlo_text: str) -> collections.Counter:
+    """How many times each (lhs, rhs, dimension numbers) matmul occurs in a compiled
+    step's HLO (the step has no loops, so each occurs once per step)."""
+    shapes = {
+        m.group(1): (m.group(2), tuple(int(d) for d in m.group(3).split(",") if d))
+        for m in _DEF.finditer(hlo_text)
+    }
+    dots = collections.Counter()
+    for line in hlo_text.splitlines():
+        m = _DOT.search(line)
+        if m is None:
+            continue
+        dims = []
+        for key in _DIMS:
+            found = re.search(key + r"=\{([\d,]*)\}", m.group(3))
+            dims.append(tuple(int(x) for x in found.group(1).split(",") if x) if found else ())
+        dots[shapes[m.group(1)], shapes[m.group(2)], tuple(dims)] += 1
+    return dots
+
+
+def matmul_seconds(compiled, repeats: int) -> tuple[float, float]:
+    """(seconds, GFLOP) of the step's matmuls alone, each timed by itself at its own shape:
+    what the step would take if everything but the matmuls were free."""
+    if " while(" in compiled.as_text():
+        raise ValueError("the step has loops: its matmul counts are not per step")
+    noop = jax.jit(lambda x: x + 1)
+    x = jnp.ones((), jnp.float32)
+    jax.block_until_ready(noop(x))
+    dispatch = median_seconds(lambda: noop(x), max(repeats, 20))  # not part of the step
+    total = flops = 0.0
+    for ((ldt, lhs), (_, rhs), (lb, lc, rb, rc)), n in step_dots(compiled.as_text()).items():
+        a, b = jnp.ones(lhs, _DTYPES[ldt]), jnp.ones(rhs, _DTYPES[ldt])
+        f = jax.jit(lambda a, b, d=((lc, rc), (lb, rb)): lax.dot_general(a, b, d))
+        jax.block_until_ready(f(a, b))
+        seconds = median_seconds(lambda f=f, a=a, b=b: f(a, b), repeats) - dispatch
+        total += n * max(seconds, 0.0)
+        contract, batch = np.prod([lhs[i] for i in lc]), np.prod([lhs[i] for i in lb])
+        flops += n * 2 * np.prod(lhs) * np.prod(rhs) / (contract * batch)
+    return total, flops / 1e9
+
+
 def peft_step_seconds(batch: int, length: int, repeats: int) -> float | None:
     try:
         import peft
@@ -208,10 +258,13 @@ def main(argv=None) -> int:
         f"MiniLM-L6, batch {args.batch} x {args.length} random tokens, AdamW, median of "
         f"{args.repeats} steps. Ceiling: one float32 GEMM at {ceiling:.1f} GFLOP/s measured "
         "in the same run. `of ceiling` = achieved / ceiling; `vs merged` = merged time / "
-        "factored time (above 1: factored is faster).",
+        "factored time (above 1: factored is faster). `matmuls s`: the step's matmuls "
+        "alone, each timed by itself at its own shape (HLO `dot`s); `matmul share` = that "
+        "/ step s, the rest being elementwise ops, reductions, layout and the optimizer.",
         "",
-        "| method | form | step s | GFLOP | GFLOP/s | of ceiling | memory MiB | vs merged |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | form | step s | GFLOP | GFLOP/s | of ceiling | memory MiB | vs merged "
+        "| matmuls s | matmul GFLOP/s | matmul share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     times = {}
     for name in names:
@@ -220,14 +273,16 @@ def main(argv=None) -> int:
             compiled, cargs = morejax_step(loaded, name, form == "merged", batch)
             gflop, mib = compiled_stats(compiled)
             t = run_morejax(compiled, cargs, args.repeats)
-            times[name, form] = (t, gflop)
+            mm_s, mm_gflop = matmul_seconds(compiled, args.repeats)
+            times[name, form] = (t, gflop, mib, mm_s, mm_gflop)
             del compiled, cargs
         for form in forms:
-            t, gflop = times[name, form]
+            t, gflop, mib, mm_s, mm_gflop = times[name, form]
             ratio = times[name, "merged"][0] / t if (name, "merged") in times else 1.0
             lines.append(
                 f"| {name} | {form} | {t:.3f} | {gflop:.1f} | {gflop / t:.1f} | "
-                f"{gflop / t / ceiling:.2f} | {mib:.0f} | {ratio:.2f} |"
+                f"{gflop / t / ceiling:.2f} | {mib:.0f} | {ratio:.2f} | {mm_s:.3f} | "
+                f"{mm_gflop / mm_s:.1f} | {mm_s / t:.2f} |"
             )
         print(lines[-1], flush=True)
     lines.append("")
