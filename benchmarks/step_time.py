@@ -284,7 +284,7 @@ def main(argv=None) -> int:
                 f"{gflop / t / ceiling:.2f} | {mib:.0f} | {ratio:.2f} | {mm_s:.3f} | "
                 f"{mm_gflop / mm_s:.1f} | {mm_s / t:.2f} |"
             )
-        print(lines[-1], flush=True)
+        print(f"measured {name}: {lines[-1]}", flush=True)  # progress; the table comes last
     lines.append("")
     ref = times.get(("lora", "factored"))
     if ref and ("more", "factored") in times:

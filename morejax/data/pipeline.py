@@ -39,6 +39,8 @@ import grain
 import numpy as np
 from tokenizers import Tokenizer
 
+from morejax.vocab import EOS_TOKENS, appended_eos_id
+
 __all__ = [
     "make_buckets",
     "pick_bucket",
@@ -57,7 +59,6 @@ __all__ = [
 ]
 
 _PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>", "<unk>")
-_EOS_TOKENS = ("</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "<|im_end|>")
 _STATE_KEYS = ("epoch", "position", "seed")
 
 
@@ -97,18 +98,6 @@ def _unwrap(tokenizer: Any) -> Tokenizer:
     if not isinstance(tok, Tokenizer):
         raise TypeError(f"expected a tokenizers.Tokenizer, got {type(tokenizer).__name__}")
     return tok
-
-
-def appended_eos_id(tokenizer: Any) -> int | None:
-    """The EOS the LM collator appends by default: the first of ``_EOS_TOKENS`` in the
-    vocabulary. Generation must stop at it too, and it can differ from the tokenizer's
-    own EOS (SmolLM2: ``<|endoftext|>`` here, ``<|im_end|>`` there)."""
-    tok = _unwrap(tokenizer)
-    for token in _EOS_TOKENS:
-        found = tok.token_to_id(token)
-        if found is not None:
-            return int(found)
-    return None
 
 
 def _own_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
@@ -404,7 +393,7 @@ class DecoderCollator:
         if eos_id is None:
             eos_id = appended_eos_id(raw)
         if eos_id is None:
-            raise ValueError(f"no EOS token among {_EOS_TOKENS} in the vocabulary: pass eos_id")
+            raise ValueError(f"no EOS token among {EOS_TOKENS} in the vocabulary: pass eos_id")
         self.eos_id = int(eos_id)
         self.max_len = max_len
         self.buckets = make_buckets(max_len, buckets)

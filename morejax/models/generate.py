@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from morejax.data import pipeline
+from morejax.vocab import appended_eos_id
 
 __all__ = [
     "GenerateOutput",
@@ -278,7 +278,7 @@ def default_stop_ids(tokenizer, config=None) -> tuple[int, ...]:
         eos = getattr(config, "eos_token_id", None)
     ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
     try:
-        appended = pipeline.appended_eos_id(tokenizer)
+        appended = appended_eos_id(tokenizer)
     except TypeError:  # not a tokenizers.Tokenizer: only its own EOS is known
         appended = None
     if appended is not None:
