@@ -13,6 +13,9 @@ from experiments import reliability as R
 from morejax import cli
 from morejax.train import loop
 
+# One xdist worker runs this file: the uninterrupted reference run is made once.
+pytestmark = pytest.mark.xdist_group("reliability")
+
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
@@ -23,11 +26,12 @@ def reference(tmp_path_factory):
 
 
 def test_stopped_runs_resume_bit_identically(shared_data, reference, tmp_path):
-    """SIGKILL, SIGTERM, SIGINT, SIGKILL at random steps of one run (each restart resumes),
-    then a final resume: adapters and optimizer state equal an uninterrupted run's."""
-    kinds = ["SIGKILL", "SIGTERM", "SIGINT", "SIGKILL"]
+    """SIGKILL then SIGINT at random steps of one run (each restart resumes), then a final
+    resume: adapters and optimizer state equal an uninterrupted run's. (SIGTERM is the
+    reliability script's smoke run; its full run chains all three kinds four times.)"""
+    kinds = ["SIGKILL", "SIGINT"]
     rows = R.chain(tmp_path, reference[1], kinds, random.Random(1))
-    assert [r["mismatches at the end"] for r in rows] == [0] * 4, rows
+    assert [r["mismatches at the end"] for r in rows] == [0] * 2, rows
     for r in rows:
         if r["fault"] == "SIGKILL":
             assert r["exit code"] == -signal.SIGKILL

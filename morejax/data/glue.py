@@ -534,7 +534,12 @@ def _prepare_local(s: TaskSpec, data_dir: Path, task_dir: Path, final: Path) -> 
                 os.replace(trash, final)
                 raise
         else:
-            os.replace(built, final)
+            try:
+                os.replace(built, final)
+            except OSError:
+                if _recorded_fingerprint(final) != fingerprint:
+                    raise
+                # Another process prepared the same files meanwhile: theirs stays.
     _say(f"prepared {s.tfds_name} in {time.perf_counter() - t0:.1f} s")
     return final
 
