@@ -233,7 +233,6 @@ def test_smollm2_tokenizer(smol):
     assert chat_ids[0] == 1 and chat_ids.count(1) == 3 and chat_ids.count(2) == 2
     assert tok.decode(chat_ids, skip_special_tokens=True).startswith("system\n")
     # Our LM training appends <|endoftext|>, not the tokenizer's EOS: generation stops at both.
-
     endoftext = tok.token_to_id("<|endoftext|>")
     assert appended_eos_id(tok) == endoftext != 2
     assert gen.default_stop_ids(tok, cfg) == tuple(sorted({2, endoftext}))

@@ -13,11 +13,12 @@ from experiments import reliability as R
 from morejax import cli
 from morejax.train import loop
 
-# One xdist worker runs this file: the uninterrupted reference run is made once.
+# One xdist worker runs this file; session scope keeps the uninterrupted reference run made
+# once even when the worker runs other files' tests between these.
 pytestmark = pytest.mark.xdist_group("reliability")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     p = R.run(workdir)
