@@ -512,6 +512,9 @@ def main(argv=None) -> int:
         help="override every point's config (e.g. recipe=paper, model.name=...)",
     )
     args = p.parse_args(argv)
+    from morejax.train import compile_cache
+
+    compile_cache.enable()  # the points share programs (seeds, tasks of one shape)
     results, runs, out = (ROOT / args.results, ROOT / args.runs, ROOT / args.out)
     plan = make_plan(args.reduced, args.set)
     points_fn = table_points(plan)

@@ -176,6 +176,9 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=384, help="model width (block-size series)")
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     args = p.parse_args(argv)
+    from morejax.train import compile_cache
+
+    compile_cache.enable()  # the points share programs (seeds, tasks of one shape)
     results, runs, out = ROOT / args.results, ROOT / args.runs, ROOT / args.out
     pairs = make_points(args.reduced, args.set, args.hidden)
     cmd = " ".join(

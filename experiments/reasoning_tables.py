@@ -783,6 +783,9 @@ def main(argv=None):
     parser.add_argument("--in-process", action="store_true", help="no child processes")
     argv = list(sys.argv[1:] if argv is None else map(str, argv))
     args = parser.parse_args(argv)
+    from morejax.train import compile_cache
+
+    compile_cache.enable()  # the points share programs (seeds, tasks of one shape)
     timing_path = Path(args.out_dir) / "reasoning_tables_timing.json"
     if args.measure:
         timing = measure(args)

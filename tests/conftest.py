@@ -10,6 +10,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MOREJAX_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# Tests compile afresh (hermetic, and no shared cache between xdist workers); the cache
+# has its own test, tests/test_train.py::test_a_rerun_loads_its_programs_from_the_cache.
+os.environ.setdefault("MOREJAX_COMPILE_CACHE", "off")
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
 

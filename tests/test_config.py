@@ -70,7 +70,7 @@ def test_unknown_paths_name_the_nearest_valid_ones(override, nearest):
 
 
 def test_bad_items_and_values_are_reported():
-    cfg = config.load(MAIN)
+    cfg = config.load(MAIN, ["data.buckets=(16, 32, 64)"])
     with pytest.raises(ValueError, match="index 5 out of range"):
         config.apply_overrides(cfg, ["data.buckets[5]=1"])
     with pytest.raises(ValueError, match="PATH=VALUE"):

@@ -224,6 +224,25 @@ def test_eight_devices_give_the_same_loss_curve(shared_data, runs, tmp_path):
     assert [r["score"] for r in _rows(tmp_path, "eval")] == [r["score"] for r in _rows(one, "eval")]
 
 
+def test_a_rerun_loads_its_programs_from_the_cache(shared_data, runs, tmp_path):
+    """The CLI's persistent compilation cache: the first run writes the compiled steps, a
+    rerun of the same config reads them (writes nothing new) and trains identically."""
+    cache = tmp_path / "cache"
+    env = dict(os.environ, MOREJAX_COMPILE_CACHE=str(cache), PYTHONPATH=str(ROOT))
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"  # the tiny model compiles fast
+    entries = []
+    for name in ("first", "second"):
+        cmd = [sys.executable, "-m", "morejax.cli", "train", SMOKE, "--no-progress"]
+        cmd += ["--workdir", str(tmp_path / name)]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        entries.append(sorted(p.name for p in cache.iterdir()))
+    assert len(entries[0]) >= 2  # at least the train and eval steps
+    assert entries[1] == entries[0]
+    one = [r["loss"] for r in _rows(runs("one"), "train")]
+    assert [r["loss"] for r in _rows(tmp_path / "second", "train")] == one
+
+
 def test_an_interrupt_mid_step_saves_the_position_of_the_last_finished_step(
     shared_data, runs, tmp_path, monkeypatch
 ):

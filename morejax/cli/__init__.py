@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, OSError, KeyError, ImportError)
 
 
+# Commands that compile training or evaluation steps use the persistent compilation cache.
+COMPILING = ("train", "eval", "sweep", "generate")
+
+
 def error_line(e: BaseException) -> str:
     """The exception's message on one line (notes such as fiddle's context included)."""
     text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
@@ -54,6 +58,10 @@ def run(args, debug: bool = False) -> int:
     """Run a parsed command; user errors become one line and exit code 2."""
     debug = debug or os.environ.get("MOREJAX_DEBUG", "").strip() not in ("", "0")
     try:
+        if args.command in COMPILING:
+            from morejax.train import compile_cache
+
+            compile_cache.enable()
         return args.func(args)
     except USER_ERRORS as e:
         if debug:

@@ -454,6 +454,21 @@ def _process_defaults(process_index: int | None, process_count: int | None) -> t
     return int(process_index), int(process_count)
 
 
+def read_many(source, indices) -> list:
+    """Items of a random-access source, in one batched read when it has ``__getitems__``
+    (ArrayRecord: ~5x faster than item by item)."""
+    indices = [int(i) for i in indices]
+    getitems = getattr(source, "__getitems__", None)
+    return list(getitems(indices)) if getitems else [source[i] for i in indices]
+
+
+def read_all(source, chunk: int = 8192):
+    """Every item of a source, read in chunks (length grouping reads a whole split)."""
+    n = len(source)
+    for start in range(0, n, chunk):
+        yield from read_many(source, range(start, min(n, start + chunk)))
+
+
 def _measures_length(collate) -> bool:
     return callable(getattr(collate, "length", None)) and hasattr(collate, "buckets")
 
@@ -608,7 +623,7 @@ class BatchIterator(_Steps):
         if not _measures_length(self.collate):
             raise TypeError(f"{type(self.collate).__name__} has no length(examples) / buckets")
         index = self._global_rows(step)[1]
-        longest = self.collate.length([self.source[int(i)] for i in index])
+        longest = self.collate.length(read_many(self.source, index))
         return pick_bucket(longest, self.collate.buckets)
 
     def batch_at(self, step: int, length: int | None = None) -> dict[str, np.ndarray]:
@@ -621,7 +636,7 @@ class BatchIterator(_Steps):
         b, p = self.local_batch_size, self.process_index
         positions, index = positions[p * b : (p + 1) * b], index[p * b : (p + 1) * b]
         valid = positions < self.num_examples
-        examples = [self.source[int(i)] for i in index]
+        examples = read_many(self.source, index)
         batch = self.collate(examples) if length is None else self.collate(examples, length)
         batch["valid"] = valid.astype(np.int32)
         batch["index"] = np.where(valid, index, -1).astype(np.int32)
@@ -640,7 +655,7 @@ class BatchIterator(_Steps):
             return cached[1]
         n, size = self.num_examples, self.batch_size
         if self._lengths is None:
-            self._lengths = np.asarray([self._length_fn(self.source[i]) for i in range(n)])
+            self._lengths = np.asarray([self._length_fn(x) for x in read_all(self.source)])
         order = np.asarray([int(self._order[epoch * n + q]) for q in range(n)])
         if not self.shuffle:
             order = order[np.argsort(-self._lengths[order], kind="stable")]

@@ -44,6 +44,14 @@ class Head:
             raise IndexError(i)
         return self.source[i]
 
+    def __getitems__(self, indices):
+        from morejax.data import pipeline
+
+        indices = [int(i) for i in indices]
+        if any(not 0 <= i < self.n for i in indices):
+            raise IndexError(f"an index of {indices} is out of range for {self.n} examples")
+        return pipeline.read_many(self.source, indices)
+
 
 def load_split(data, split: str, limit: int | None, num_labels: int | None = None):
     """A split's examples; GLUE labels are checked against the head here, not as a NaN later."""

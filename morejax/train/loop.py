@@ -257,8 +257,10 @@ def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool, s
                     bar.update(run.step - bar.n)
                 window, tokens, t_window = [], 0, time.time()
             if evaluate_now:
+                t_eval = time.time()
                 last_eval = run_eval(exp, s, run)
                 save(run, last_eval)
+                t_window += time.time() - t_eval  # tokens/s counts training time only
             elif save_now or stop.requested:
                 save(run, None)
             if stop.requested:
