@@ -606,3 +606,24 @@ def test_packed_batches_agree_across_processes_members_and_resume():
     np.testing.assert_array_equal(next(resumed)["input_ids"], first[2]["input_ids"])
     with pytest.raises(ValueError, match="packing groups"):
         it_enc(src, batch_size=16, pack_groups=3)
+
+
+def test_batched_reads_give_the_items_of_item_by_item_reads():
+    """Length grouping and batches read through `__getitems__` when a source has it (one
+    ArrayRecord read per chunk); the items and their order must not change."""
+    from morejax.train.inputs import Head
+
+    class Batched(list):
+        calls = 0
+
+        def __getitems__(self, indices):
+            Batched.calls += 1
+            return [self[i] for i in indices]
+
+    items = glue_source(50)
+    source = Head(Batched(items), 40)
+    assert P.read_many(source, [3, 0, 39]) == [items[3], items[0], items[39]]
+    assert list(P.read_all(source, chunk=16)) == items[:40]
+    assert Batched.calls == 1 + 3  # one call per read, not one per item
+    with pytest.raises(IndexError, match="out of range"):
+        P.read_many(source, [1, 40])  # past the head's limit
