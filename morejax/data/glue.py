@@ -731,9 +731,9 @@ class Examples(Sequence):
             yield self[i]
 
     def __getitems__(self, indices):
-        getitems = getattr(self.source, "__getitems__", None)
-        records = getitems(indices) if getitems else [self.source[i] for i in indices]
-        return [to_example(self.task, r) for r in records]
+        from morejax.data.pipeline import read_many
+
+        return [to_example(self.task, r) for r in read_many(self.source, indices)]
 
     def __repr__(self) -> str:
         return f"Examples({self.task}, n={len(self)})"
@@ -768,12 +768,9 @@ def _labels(source) -> np.ndarray:
             return _raw_labels(source)
         except Exception:  # noqa: BLE001 - a TFDS layout change: read the slow way below
             pass
-    n, getitems, out = len(source), getattr(source, "__getitems__", None), []
-    for start in range(0, n, 8192):
-        indices = list(range(start, min(n, start + 8192)))
-        records = getitems(indices) if getitems else [source[i] for i in indices]
-        out.extend(r["label"] for r in records)
-    return np.asarray(out, dtype=np.float64)
+    from morejax.data.pipeline import read_all
+
+    return np.asarray([r["label"] for r in read_all(source)], dtype=np.float64)
 
 
 def _shown(values: np.ndarray) -> str:
