@@ -5,13 +5,14 @@ evaluation included) to fixed dev accuracies.
 
     python benchmarks/sst2_vs_peft.py                     # 900 steps each, dev every 100
     python benchmarks/sst2_vs_peft.py --steps 4 --eval-every 2 --train-limit 256 \
-        --eval-limit 64 --no-record                        # smoke (CI)
+        --eval-limit 64 --no-record --variants main        # smoke (CI)
 
 Both sides: MiniLM-L6 (the pip package), batch 32, AdamW with weight decay 0.001, peak lr
 3e-3 with 6% warmup and cosine decay, fresh head and the pooler trained, float32, no
 dropout on the morejax side. morejax runs `configs/glue_more_minilm.py` (the main job: MoRe
-nb4 r4 on q,k,v, packed rows) with a cold compilation cache, again with the cache warm, and
-with PEFT's adapter (LoRA r8 on query/value, cold);
+nb4 r4 on q,k,v, packed rows) with a cold compilation cache, again with the cache warm, with
+the last layer run only at the classifier's [CLS] tokens, and with PEFT's adapter (LoRA r8 on
+query/value, cold); `--variants` picks some of these;
 PEFT runs LoRA r8 on query/value, `modules_to_save=["classifier", "pooler"]`.
 """
 
@@ -36,16 +37,21 @@ from benchmarks import write_section  # noqa: E402
 SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
 MAIN_JOB = ROOT / "configs" / "glue_more_minilm.py"
 TARGETS = (0.80, 0.84, 0.85)
-# name -> overrides, run in this order with one fresh compilation cache: the first run
-# compiles everything (cold), the rerun loads the main job's programs (warm: what a second
-# run of a config, another seed or a sweep point costs), LoRA has programs of its own.
+# key -> (row name, overrides), run in this order with one fresh compilation cache: the
+# first run compiles everything (cold), the rerun loads the main job's programs (warm: what
+# a second run of a config, another seed or a sweep point costs); the CLS-only variant and
+# LoRA have programs of their own.
 VARIANTS = {
-    "morejax MoRe nb4 r4 q,k,v (main job), cold compile cache": [],
-    "morejax main job rerun, warm compile cache": [],
-    "morejax LoRA r8 q,v, cold compile cache": [
-        "adapter=LoRA(rank=8, alpha=8.0)",
-        "targets=.*/(query|value)/kernel",
-    ],
+    "main": ("morejax MoRe nb4 r4 q,k,v (main job), cold compile cache", []),
+    "warm": ("morejax main job rerun, warm compile cache", []),
+    "cls": (
+        "morejax main job, last layer at [CLS] only, cold compile cache",
+        ["model.overrides={'cls_only_last_layer': True}"],
+    ),
+    "lora": (
+        "morejax LoRA r8 q,v, cold compile cache",
+        ["adapter=LoRA(rank=8, alpha=8.0)", "targets=.*/(query|value)/kernel"],
+    ),
 }
 
 
@@ -184,7 +190,15 @@ def main(argv=None) -> int:
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--eval-limit", type=int, default=None)
     p.add_argument("--no-record", action="store_true")
+    p.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"comma-separated morejax runs, of {', '.join(VARIANTS)} (default: all)",
+    )
     args = p.parse_args(argv)
+    keys = [k for k in args.variants.split(",") if k]
+    if unknown := sorted(set(keys) - set(VARIANTS)):
+        p.error(f"unknown --variants {unknown}; choose from {', '.join(VARIANTS)}")
     if not SST2.is_dir():
         p.error(f"SST-2 not found at {SST2} (../shared/data/glue)")
     import torch
@@ -193,7 +207,7 @@ def main(argv=None) -> int:
     results = {"PEFT LoRA r8 q,v + Trainer": run_peft(args)}
     print("PEFT done", flush=True)
     with tempfile.TemporaryDirectory() as cache:
-        for name, sets in VARIANTS.items():
+        for name, sets in (VARIANTS[k] for k in keys):
             results[name] = run_morejax(args, sets, Path(cache))
             print(f"{name} done", flush=True)
     peft_rate = results["PEFT LoRA r8 q,v + Trainer"]["tokens_per_s"]

@@ -321,36 +321,72 @@ def test_registry_errors(monkeypatch, tmp_path):
 # --------------------------------------------------------------------------- packed rows
 
 
+def packed_examples(cfg, rows, lengths, L=12, groups=1):
+    """The same random examples padded one per row and packed as ``rows`` (per group)."""
+    rng = np.random.default_rng(0)
+    n = len(lengths)
+    pad = np.full((n, max(lengths) + 1), cfg.pad_token_id, np.int32)
+    packed = np.full((groups * len(rows), L), cfg.pad_token_id, np.int32)
+    segments, positions = np.zeros_like(packed), np.zeros_like(packed)
+    per_group = n // groups
+    cls = np.zeros((groups, per_group), np.int32)
+    for g in range(groups):
+        for r, members in enumerate(rows):
+            at = 0
+            for s, m in enumerate(members, 1):
+                e = g * per_group + m
+                ids = rng.integers(3, cfg.vocab_size, lengths[e])
+                pad[e, : lengths[e]] = ids
+                row = g * len(rows) + r
+                packed[row, at : at + lengths[e]] = ids
+                segments[row, at : at + lengths[e]] = s
+                positions[row, at : at + lengths[e]] = np.arange(lengths[e])
+                cls[g, m] = r * L + at
+                at += lengths[e]
+    packed_kw = dict(segment_ids_BxL=segments, position_ids_BxL=positions, cls_index_GxS=cls)
+    return pad, (pad != cfg.pad_token_id).astype(np.int32), packed, packed_kw
+
+
 @pytest.mark.parametrize("cfg", [TINY, TINY_ROBERTA], ids=["bert", "roberta"])
 def test_packed_rows_give_each_example_its_padded_output(cfg):
     """Segment-masked attention and per-example positions: packing is only a layout."""
-    rng = np.random.default_rng(0)
-    lengths = [5, 3, 7, 2, 4, 6]
-    L = 12
-    pad = np.full((len(lengths), 8), cfg.pad_token_id, np.int32)
     rows = [[0, 2], [1, 3, 4], [5]]  # 12, 9, 6 tokens
-    packed = np.full((len(rows), L), cfg.pad_token_id, np.int32)
-    segments, positions = np.zeros_like(packed), np.zeros_like(packed)
-    cls = np.zeros((1, len(lengths)), np.int32)
-    for r, members in enumerate(rows):
-        at = 0
-        for s, e in enumerate(members, 1):
-            ids = rng.integers(3, cfg.vocab_size, lengths[e])
-            pad[e, : lengths[e]] = ids
-            packed[r, at : at + lengths[e]] = ids
-            segments[r, at : at + lengths[e]] = s
-            positions[r, at : at + lengths[e]] = np.arange(lengths[e])
-            cls[0, e] = r * L + at
-            at += lengths[e]
+    pad, mask, packed, kw = packed_examples(cfg, rows, [5, 3, 7, 2, 4, 6])
     model = BertForSequenceClassification(cfg.replace(num_labels=3))
     params = random_params(model)
-    want = model.apply({"params": params}, pad, (pad != cfg.pad_token_id).astype(np.int32))
-    got = model.apply(
-        {"params": params},
-        packed,
-        (segments > 0).astype(np.int32),
-        segment_ids_BxL=segments,
-        position_ids_BxL=positions,
-        cls_index_GxS=cls,
-    )
+    want = model.apply({"params": params}, pad, mask)
+    got = model.apply({"params": params}, packed, kw["segment_ids_BxL"] > 0, **kw)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_cls_only_last_layer_gives_the_same_logits_and_gradients():
+    """The last layer run only at the classifier's tokens is the full model, padded or packed
+    (two groups, so a group's queries must not see the other group's rows), remat or not."""
+    cfg = TINY.replace(num_labels=3)
+    lengths = [5, 3, 7, 2, 4, 6] * 2
+    pad, mask, packed, kw = packed_examples(cfg, [[0, 2], [1, 3, 4], [5]], lengths, groups=2)
+    params = random_params(BertForSequenceClassification(cfg))
+
+    def logits_and_grad(cfg, args, kwargs):
+        def loss(p):
+            logits = BertForSequenceClassification(cfg).apply({"params": p}, *args, **kwargs)
+            return jnp.sum(jnp.sin(logits)), logits
+
+        grad, logits = jax.jit(jax.grad(loss, has_aux=True))(params)
+        return logits, grad
+
+    cls_only = cfg.replace(cls_only_last_layer=True)
+    cases = [
+        (cls_only, (pad, mask), {}),
+        (cls_only, (packed, kw["segment_ids_BxL"] > 0), kw),
+        (cls_only.replace(remat="dots"), (packed, kw["segment_ids_BxL"] > 0), kw),
+    ]
+    for model_cfg, args, kwargs in cases:
+        want, want_grad = logits_and_grad(cfg, args, kwargs)
+        got, got_grad = logits_and_grad(model_cfg, args, kwargs)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got_grad, want_grad
+        )
+    with pytest.raises(ValueError, match="scan_layers=False"):
+        TINY.replace(scan_layers=True, cls_only_last_layer=True)

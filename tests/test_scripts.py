@@ -251,6 +251,7 @@ def test_llama_mfu_benchmark():
 @smoke("benchmarks/sst2_vs_peft.py")
 def test_sst2_vs_peft_benchmark(shared_data):
     out = run("benchmarks/sst2_vs_peft.py", "--steps", "2", "--eval-every", "2",
-              "--train-limit", "128", "--eval-limit", "32", "--no-record")  # fmt: skip
+              "--train-limit", "128", "--eval-limit", "32", "--no-record",
+              "--variants", "cls")  # fmt: skip
     names = [r[0] for r in table(out)[1:]]
-    assert names[0].startswith("PEFT") and any("main job" in n for n in names)
+    assert names[0].startswith("PEFT") and len(names) == 2 and "[CLS] only" in names[1]

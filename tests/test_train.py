@@ -186,18 +186,22 @@ def test_resume_after_a_stop_is_bit_identical(shared_data, runs):
 
 def test_packed_rows_train_like_padded_ones(shared_data, runs):
     """Packing changes the layout, not the model: same losses and dev scores as padding (the
-    smoke config packs, like the main job; here packed in two micro-batches)."""
+    smoke config packs, like the main job; here packed in two micro-batches). So does running
+    the last (here the only) layer at the classifier's tokens alone."""
     padded = runs("padded", "--set", "data.pack=False")
     packed = runs("packed2", "--set", "micro_batches=2")
-    np.testing.assert_allclose(
-        [r["loss"] for r in _rows(packed, "train")],
-        [r["loss"] for r in _rows(padded, "train")],
-        rtol=2e-5,
-    )
-    packed_scores = [r["score"] for r in _rows(packed, "eval")]
-    assert packed_scores == [r["score"] for r in _rows(padded, "eval")]
-    for a, b in zip(_adapters(padded, 8), _adapters(packed, 8), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
+    cls_only = runs("cls_only", "--set", "model.overrides['cls_only_last_layer']=True")
+    for run in (packed, cls_only):
+        np.testing.assert_allclose(
+            [r["loss"] for r in _rows(run, "train")],
+            [r["loss"] for r in _rows(padded, "train")],
+            rtol=2e-5,
+        )
+        assert [r["score"] for r in _rows(run, "eval")] == [
+            r["score"] for r in _rows(padded, "eval")
+        ]
+        for a, b in zip(_adapters(padded, 8), _adapters(run, 8), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)
 
 
 def test_eight_devices_give_the_same_loss_curve(shared_data, runs, tmp_path):
