@@ -376,15 +376,16 @@ def test_cls_only_last_layer_gives_the_same_logits_and_gradients():
         return logits, grad
 
     cls_only = cfg.replace(cls_only_last_layer=True)
+    padded_in, packed_in = ((pad, mask), {}), ((packed, kw["segment_ids_BxL"] > 0), kw)
+    want = {"padded": logits_and_grad(cfg, *padded_in), "packed": logits_and_grad(cfg, *packed_in)}
     cases = [
-        (cls_only, (pad, mask), {}),
-        (cls_only, (packed, kw["segment_ids_BxL"] > 0), kw),
-        (cls_only.replace(remat="dots"), (packed, kw["segment_ids_BxL"] > 0), kw),
+        ("padded", logits_and_grad(cls_only, *padded_in)),
+        ("packed", logits_and_grad(cls_only, *packed_in)),
+        ("packed", logits_and_grad(cls_only.replace(remat="dots"), *packed_in)),
     ]
-    for model_cfg, args, kwargs in cases:
-        want, want_grad = logits_and_grad(cfg, args, kwargs)
-        got, got_grad = logits_and_grad(model_cfg, args, kwargs)
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    for layout, (got, got_grad) in cases:
+        want_logits, want_grad = want[layout]
+        np.testing.assert_allclose(got, want_logits, rtol=1e-5, atol=1e-6)
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), got_grad, want_grad
         )

@@ -242,17 +242,21 @@ class BertSelfAttention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BxLxD, bias_Bx1xQxL, xq_BxQxD=None):
-        """Queries at ``xq_BxQxD`` (default: every token) over keys at all of ``x_BxLxD``."""
+    def __call__(self, x_NxLxD, bias_Bx1xQxL, xq_BxQxD=None, rows_B=None):
+        """Queries at ``xq_BxQxD`` (default: every token of ``x``) over the keys of row
+        ``rows_B`` of ``x`` (default: the same row): the classifier's tokens alone can
+        attend to their rows with every row's keys and values computed once."""
         c = self.config
-        xq_BxQxD = x_BxLxD if xq_BxQxD is None else xq_BxQxD
+        xq_BxQxD = x_NxLxD if xq_BxQxD is None else xq_BxQxD
         H, K = c.num_heads, c.head_dim
 
         def heads(name, x_BxNxD):
             return _dense(c, c.hidden_size, name)(x_BxNxD).reshape(*x_BxNxD.shape[:2], H, K)
 
         q_BxQxHxK = heads("query", xq_BxQxD)
-        k_BxLxHxK, v_BxLxHxK = heads("key", x_BxLxD), heads("value", x_BxLxD)
+        k_BxLxHxK, v_BxLxHxK = heads("key", x_NxLxD), heads("value", x_NxLxD)
+        if rows_B is not None:
+            k_BxLxHxK, v_BxLxHxK = k_BxLxHxK[rows_B], v_BxLxHxK[rows_B]
         scores_BxHxQxL = jnp.einsum("bqhk,blhk->bhql", q_BxQxHxK, k_BxLxHxK)
         # Softmax in float32: bf16 logits lose the mask's large negative bias.
         scores_BxHxQxL = scores_BxHxQxL.astype(jnp.float32) / math.sqrt(K) + bias_Bx1xQxL
@@ -295,10 +299,10 @@ class BertLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BxLxD, bias_Bx1xQxL, xq_BxQxD=None):
+    def __call__(self, x_NxLxD, bias_Bx1xQxL, xq_BxQxD=None, rows_B=None):
         c = self.config
         attention = BertSelfAttention(c, self.deterministic, name="attention")
-        a_BxQxD = attention(x_BxLxD, bias_Bx1xQxL, xq_BxQxD)
+        a_BxQxD = attention(x_NxLxD, bias_Bx1xQxL, xq_BxQxD, rows_B)
         h_BxQxF = BertIntermediate(c, name="intermediate")(a_BxQxD)
         y_BxQxD = BertOutput(c, self.deterministic, name="output")(h_BxQxF, a_BxQxD)
         return y_BxQxD, None
@@ -310,8 +314,8 @@ class BertLayerStack(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxLxD, bias_Bx1x1xL, last_queries=None):
-        """``last_queries`` ``(index_GxS, bias_Gx1xSxT)``: the last layer runs only at those
-        tokens of each group's flattened rows and returns them, ``(G, S, D)``."""
+        """``last_queries`` ``(rows_M, at_M, bias_Mx1x1xL)`` (`_cls_queries`; rows None: token
+        0 of every row): the last layer runs only at those M tokens, returned ``(M, 1, D)``."""
         c = self.config
         layer = BertLayer
         if c.remat != "none":
@@ -331,30 +335,30 @@ class BertLayerStack(nn.Module):
             for i in range(last):
                 x_BxLxD, _ = layer(c, self.deterministic, name=f"layers_{i}")(x_BxLxD, bias_Bx1x1xL)
             if last_queries is not None:
-                index_GxS, bias_Gx1xSxT = last_queries
-                x_GxTxD = x_BxLxD.reshape(index_GxS.shape[0], -1, x_BxLxD.shape[-1])
-                xq_GxSxD = jnp.take_along_axis(x_GxTxD, index_GxS[..., None], axis=1)
-                x_GxSxD, _ = layer(c, self.deterministic, name=f"layers_{last}")(
-                    x_GxTxD, bias_Gx1xSxT, xq_GxSxD
+                rows_M, at_M, bias_Mx1x1xL = last_queries
+                xq_Mx1xD = x_BxLxD[:, :1] if rows_M is None else x_BxLxD[rows_M, at_M][:, None]
+                x_Mx1xD, _ = layer(c, self.deterministic, name=f"layers_{last}")(
+                    x_BxLxD, bias_Mx1x1xL, xq_Mx1xD, rows_M
                 )
-                return x_GxSxD
+                return x_Mx1xD
         return x_BxLxD
 
 
-def _cls_queries(bias_Bx1x1xL, segment_ids_BxL, cls_index_GxS, max_len: int):
-    """Where the classifier reads, and what those tokens attend to: token 0 of each row,
-    or for packed rows each example's first token over its own segment of its own row."""
-    if cls_index_GxS is None:
-        return jnp.zeros((bias_Bx1x1xL.shape[0], 1), jnp.int32), bias_Bx1x1xL
-    index_GxS = jnp.asarray(cls_index_GxS, jnp.int32)
-    seg_GxT = jnp.asarray(segment_ids_BxL, jnp.int32).reshape(index_GxS.shape[0], -1)
-    row_T = jnp.arange(seg_GxT.shape[1]) // max_len
-    seg_GxS = jnp.take_along_axis(seg_GxT, index_GxS, axis=1)
-    same_GxSxT = (seg_GxT[:, None, :] == seg_GxS[..., None]) & (
-        row_T == (index_GxS // max_len)[..., None]
-    )
-    bias_GxSxT = jnp.where(same_GxSxT, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
-    return index_GxS, bias_GxSxT[:, None]
+def _cls_queries(bias_Bx1x1xL, segment_ids_BxL, cls_index_GxS):
+    """The classifier's tokens as (row, position) and what each attends to: token 0 of each
+    row, or for packed rows each example's first token over its own segment of its row."""
+    if cls_index_GxS is None:  # row b's token 0 over row b: no gather needed
+        return None, None, bias_Bx1x1xL[:, :, :1]  # a packed bias is (B, 1, L, L)
+    B, L = bias_Bx1x1xL.shape[0], bias_Bx1x1xL.shape[-1]
+    index_GxS = jnp.asarray(cls_index_GxS, jnp.int32)  # within a group's flattened rows
+    G = index_GxS.shape[0]
+    first_row_Gx1 = (jnp.arange(G) * (B // G))[:, None]
+    rows_M = (first_row_Gx1 + index_GxS // L).reshape(-1)
+    at_M = (index_GxS % L).reshape(-1)
+    seg_BxL = jnp.asarray(segment_ids_BxL, jnp.int32)
+    same_MxL = seg_BxL[rows_M] == seg_BxL[rows_M, at_M][:, None]
+    bias_MxL = jnp.where(same_MxL, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    return rows_M, at_M, bias_MxL[:, None, None, :]
 
 
 def _encode(
@@ -391,8 +395,7 @@ def _encode(
     )
     last_queries = None
     if cls_only:
-        L = input_ids_BxL.shape[1]
-        last_queries = _cls_queries(bias_Bx1x1xL, segment_ids_BxL, cls_index_GxS, L)
+        last_queries = _cls_queries(bias_Bx1x1xL, segment_ids_BxL, cls_index_GxS)
     x_BxLxD = BertLayerStack(c, det, name="encoder")(x_BxLxD, bias_Bx1x1xL, last_queries)
     return x_BxLxD, attention_mask_BxL
 
@@ -459,9 +462,7 @@ class BertForSequenceClassification(nn.Module):
             cls_index_GxS,
             self.config.cls_only_last_layer,
         )
-        if self.config.cls_only_last_layer:  # already one row per example: (G, S, D)
-            x_BxLxD = x_BxLxD.reshape(-1, 1, x_BxLxD.shape[-1])
-        elif cls_index_GxS is not None:
+        if cls_index_GxS is not None and not self.config.cls_only_last_layer:
             G, S = cls_index_GxS.shape
             x_GxTxD = x_BxLxD.reshape(G, -1, x_BxLxD.shape[-1])  # a group's rows, flattened
             idx_GxSx1 = jnp.asarray(cls_index_GxS, jnp.int32)[..., None]
