@@ -1,7 +1,7 @@
 # python -m morejax.cli sweep configs/more_ablation_cola.py --vectorize
 """The MoRe paper's CoLA ablations at CPU scale (`experiments/more_ablation.py` runs them and
 writes `results/more_ablation.md`): MoRe against LoRA on CoLA with MiniLM-L6, q,k,v targets,
-head trained, the table's CoLA sizing (`configs/glue_table_minilm.py`: 400 steps of batch 32,
+head trained, the table's CoLA sizing (`configs/glue_table_minilm.py`: 300 steps of batch 32,
 length 64), 3 seeds per setting in one vectorised program.
 
 Series (MiniLM-L6: 18 matrices 384x384; counts from `morejax params`):
