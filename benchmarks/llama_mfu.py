@@ -4,6 +4,7 @@ weights: bf16 base, adapters trained in float32, one compiled step of the framew
 
     python benchmarks/llama_mfu.py                        # ~1.1B params, 2048 tokens (GPU)
     python benchmarks/llama_mfu.py --size tiny --batch 2 --length 64 --repeats 2 --no-record
+    bash benchmarks/gpu_mfu.sh                            # the GPU runs, several settings
 
 MFU = model FLOPs per step / step time / the device's peak. Model FLOPs of adapter training:
 forward 2N per token plus the backward pass through activations 2N (frozen weights get no
@@ -74,12 +75,16 @@ def main(argv=None) -> int:
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--method", choices=["lora", "more"], default="lora")
     p.add_argument("--remat", default="none", help="a key of llama.REMAT_POLICIES")
+    p.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"])
+    p.add_argument("--no-scan", action="store_true", help="unroll the layers (longer compile)")
+    p.add_argument("--profile", help="also trace 3 steps into this folder (Perfetto JSON)")
+    p.add_argument("--section", default="LLaMA MFU", help="results/benchmarks.md section")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     cfg = llama.LlamaConfig(
         **SIZES[args.size], max_seq_len=args.length, dtype="bfloat16", param_dtype="bfloat16",
-        scan_layers=True, remat=args.remat,
+        scan_layers=not args.no_scan, remat=args.remat, attention=args.attention,
     )  # fmt: skip
     model = llama.LlamaForCausalLM(cfg)
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
@@ -120,19 +125,25 @@ def main(argv=None) -> int:
         jax.block_until_ready(one())
         times.append(time.perf_counter() - t)
     seconds = statistics.median(times)
+    if args.profile:
+        with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+            for _ in range(3):
+                jax.block_until_ready(one())
     tokens = args.batch * args.length
     flops = model_flops(cfg, n_params, tokens, args.length)
     peak, peak_from = peak_flops()
     text = (
         f"LLaMA-style {args.size} ({n_params / 1e9:.2f}B params, random, bf16 base), "
         f"{type(method).__name__} on all linear layers, batch {args.batch} x {args.length}, "
-        f"remat {args.remat}: {seconds:.3f} s/step, {tokens / seconds:.0f} tokens/s, "
+        f"{'unrolled' if args.no_scan else 'scanned'} layers, remat {args.remat}, "
+        f"attention {args.attention}, jax {jax.__version__}: "
+        f"{seconds:.3f} s/step, {tokens / seconds:.0f} tokens/s, "
         f"{flops / seconds / 1e12:.2f} model TFLOP/s; peak {peak / 1e12:.1f} TFLOP/s "
         f"({peak_from}); MFU {flops / seconds / peak:.1%}"
     )
     print(text)
     if not args.no_record:
-        print(f"wrote {write_section('LLaMA MFU', text)}")
+        print(f"wrote {write_section(args.section, text)}")
     return 0
 
 

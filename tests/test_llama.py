@@ -222,6 +222,32 @@ def test_kv_cache_chunks_match_full_forward_with_left_padding(scan):
     np.testing.assert_allclose(cached[valid], full[valid], atol=1e-4)
 
 
+def test_dot_product_attention_matches_einsum_on_right_padded_rows():
+    """attention='xla' runs the jax.nn.dot_product_attention path ('cudnn' is the same call
+    on a GPU): same logits at the valid positions and the same gradients."""
+    cfg = TINY.replace(scan_layers=True)
+    params = tiny_params(cfg)
+    ids = np.stack([IDS_L, np.r_[IDS_L[:7], np.zeros(3, np.int32)]])
+    mask = np.stack([np.ones(10, np.int32), np.r_[np.ones(7, np.int32), np.zeros(3, np.int32)]])
+
+    def loss_and_logits(cfg, params):
+        def loss(params):
+            logits = LlamaForCausalLM(cfg).apply({"params": params}, ids, mask)[0]
+            return (logits * mask[..., None]).sum() / 100.0, logits
+
+        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return value, np.asarray(logits), grads
+
+    v_ref, ref, g_ref = loss_and_logits(cfg, params)
+    v_new, new, g_new = loss_and_logits(cfg.replace(attention="xla"), params)
+    np.testing.assert_allclose(new[0], ref[0], atol=1e-4)
+    np.testing.assert_allclose(new[1, :7], ref[1, :7], atol=1e-4)
+    np.testing.assert_allclose(v_new, v_ref, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4), g_new, g_ref)
+    with pytest.raises(ValueError, match="attention='flash'"):
+        TINY.replace(attention="flash")
+
+
 def test_named_configs_have_hf_parameter_counts():
     counts = {}
     for name, cfg in CONFIGS.items():

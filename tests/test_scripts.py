@@ -242,10 +242,16 @@ def test_step_time_benchmark():
 
 
 @smoke("benchmarks/llama_mfu.py")
-def test_llama_mfu_benchmark():
+@smoke("benchmarks/trace_summary.py")
+def test_llama_mfu_benchmark_and_its_profile(tmp_path):
     out = run("benchmarks/llama_mfu.py", "--size", "tiny", "--batch", "2", "--length", "32",
-              "--repeats", "1", "--no-record")  # fmt: skip
-    assert re.search(r"MFU \d+\.\d%", out)
+              "--repeats", "1", "--no-record", "--attention", "xla", "--no-scan",
+              "--profile", tmp_path)  # fmt: skip
+    assert re.search(r"MFU \d+\.\d%", out) and "unrolled layers" in out
+    (trace,) = tmp_path.glob("plugins/profile/*/perfetto_trace.json.gz")
+    summary = run("benchmarks/trace_summary.py", trace, "--device", "CPU")
+    busy = float(re.search(r"\| CPU busy \| ([\d.]+) \|", summary).group(1))
+    assert busy > 0, summary
 
 
 @smoke("benchmarks/sst2_vs_peft.py")

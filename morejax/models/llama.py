@@ -112,6 +112,11 @@ class LlamaConfig:
     param_dtype: Any = jnp.float32
     scan_layers: bool = False
     remat: str = "none"  # a key of REMAT_POLICIES
+    # Cacheless forwards (training, scoring): "einsum" materialises the scores; "xla" and
+    # "cudnn" (flash attention on NVIDIA GPUs) call jax.nn.dot_product_attention with the
+    # causal mask and per-row key lengths, so their rows must be right-padded (training
+    # batches are; generation is left-padded but runs with a cache, which uses einsum).
+    attention: str = "einsum"
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -128,6 +133,10 @@ class LlamaConfig:
             raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+        if self.attention not in ("einsum", "xla", "cudnn"):
+            raise ValueError(
+                f"attention={self.attention!r}; choose 'einsum', 'xla' or 'cudnn' (GPU only)"
+            )
 
     def replace(self, **changes) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
@@ -351,6 +360,21 @@ class LlamaAttention(nn.Module):
                 v_cache, v_BxLxGxK.astype(v_cache.dtype), (0, end, 0, 0)
             )
             new_cache = (k_BxSxGxK, v_BxSxGxK)
+
+        if kv_cache is None and c.attention != "einsum":
+            # Query head h shares KV head h // (H // G) here too. Right padding: the last
+            # query row's mask is the row's key validity.
+            lengths_B = mask_BxLxS[:, -1, :].sum(-1, dtype=jnp.int32)
+            out_BxLxHxK = jax.nn.dot_product_attention(
+                q_BxLxHxK.astype(c.dtype),
+                k_BxLxGxK.astype(c.dtype),
+                v_BxLxGxK.astype(c.dtype),
+                is_causal=True,
+                key_value_seq_lengths=lengths_B,
+                implementation=c.attention,
+            )
+            out_BxLxD = _dense(c, c.hidden_size, "o_proj")(out_BxLxHxK.reshape(B, L, H * K))
+            return out_BxLxD, None
 
         # Query head h = g * R + r shares KV head g (Hugging Face repeat_kv order).
         R = H // G
