@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--remat", default="none", help="a key of llama.REMAT_POLICIES")
     p.add_argument(
         "--attention",
-        choices=["einsum", "xla", "cudnn"],
+        choices=llama.ATTENTION,
         help="default: cudnn on a GPU (einsum's scores do not fit at 2048), else einsum",
     )
     p.add_argument("--no-scan", action="store_true", help="unroll the layers (longer compile)")

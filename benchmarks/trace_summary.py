@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     rows = summarise(args.trace, args.steps, args.device)
     total = sum(v for _, v in rows)
-    print("| kernels | ms per step | share of GPU-busy time |\n|---|---|---|")
+    print(f"| kernels | ms per step | share of {args.device}-busy time |\n|---|---|---|")
     for name, v in rows:
         print(f"| {name} | {v:.1f} | {v / total:.1%} |")
     print(f"| {args.device} busy | {total:.1f} | |")

@@ -30,6 +30,7 @@ __all__ = [
     "RopeScaling",
     "LlamaConfig",
     "CONFIGS",
+    "ATTENTION",
     "REMAT_POLICIES",
     "RMSNorm",
     "rope_inv_freq",
@@ -77,6 +78,9 @@ REMAT_POLICIES: dict[str, Callable | None] = {
     "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "everything": jax.checkpoint_policies.everything_saveable,
 }
+
+# Attention implementations of cacheless forwards (LlamaConfig.attention).
+ATTENTION = ("einsum", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +137,9 @@ class LlamaConfig:
             raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
-        if self.attention not in ("einsum", "xla", "cudnn"):
+        if self.attention not in ATTENTION:
             raise ValueError(
-                f"attention={self.attention!r}; choose 'einsum', 'xla' or 'cudnn' (GPU only)"
+                f"attention={self.attention!r}; choose one of {ATTENTION} (cudnn: GPU)"
             )
 
     def replace(self, **changes) -> LlamaConfig:
