@@ -8,10 +8,10 @@ weights: bf16 base, adapters trained in float32, one compiled step of the framew
 
 MFU = model FLOPs per step / step time / the device's peak. Model FLOPs of adapter training:
 forward 2N per token plus the backward pass through activations 2N (frozen weights get no
-weight gradient), attention 4·L·d per token per layer forward and 8 backward (causal: half
-of that counted, as usual), and the adapters' own (small) FLOPs from XLA's count are not
-added. The peak is the datasheet's dense bf16 rate for known GPUs; on CPU it is the float32
-GEMM rate measured in the same run.
+weight gradient; N leaves out the input embedding table, a lookup, not a matmul), attention
+4·L·d per token per layer forward and 8 backward (causal: half of that counted, as usual);
+the adapters' own (small) FLOPs from XLA's count are not added. The peak is the datasheet's
+dense bf16 rate for known GPUs; on CPU it is the float32 GEMM rate measured in the same run.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def peak_flops() -> tuple[float, str]:
 
 def model_flops(cfg: llama.LlamaConfig, n_params: int, tokens: int, length: int) -> float:
     """Adapter training: forward (2N) + backward through activations (2N), plus attention."""
+    if not cfg.tie_embeddings:  # a tied table is the LM head's matmul too: counted once
+        n_params -= cfg.vocab_size * cfg.hidden_size
     attn = cfg.num_layers * cfg.num_heads * cfg.head_dim * length * 2 * 2  # QK^T and PV
     return tokens * (4 * n_params + 1.5 * attn)  # fwd 1x + bwd 2x, causal halves it
 

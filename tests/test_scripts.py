@@ -254,6 +254,32 @@ def test_llama_mfu_benchmark_and_its_profile(tmp_path):
     assert busy > 0, summary
 
 
+def test_llama_mfu_counts_the_forward_matmuls_as_xla_does():
+    """MFU's model FLOPs: the forward share (2N + attention) is what XLA counts for the
+    forward, within elementwise noise; counting the embedding lookup would add 27% here."""
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.llama_mfu import SIZES, model_flops
+    from morejax.models import llama
+
+    B, L = 2, 64
+    cfg = llama.LlamaConfig(**SIZES["tiny"], max_seq_len=L)
+    model = llama.LlamaForCausalLM(cfg)
+    ids = jnp.ones((B, L), jnp.int32)
+    params = model.init(jax.random.key(0), ids)["params"]
+    n = sum(x.size for x in jax.tree.leaves(params))
+    forward = jax.jit(lambda p: model.apply({"params": p}, ids)[0])
+    xla = forward.lower(params).compile().cost_analysis()["flops"]
+    total = model_flops(cfg, n, B * L, L)  # fwd 2N + bwd 2N; attention fwd 1/3, causal half
+    attention = cfg.num_layers * cfg.num_heads * cfg.head_dim * L * 4 * B * L
+    # total / 2 = forward 2N + 3/4 of the causal-halved attention; the einsum path computes
+    # every score: + 1/4
+    ours = total / 2 + attention / 4
+    assert abs(xla - ours) / xla < 0.05, (xla, ours)
+
+
 @smoke("benchmarks/sst2_vs_peft.py")
 def test_sst2_vs_peft_benchmark(shared_data):
     out = run("benchmarks/sst2_vs_peft.py", "--steps", "2", "--eval-every", "2",
