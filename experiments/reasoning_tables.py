@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from experiments.glue_table import write_report  # noqa: E402  (keeps the prose below a table)
+
 METHODS = ("lora", "pissa", "milora", "dora", "more", "more_minor")
 EXPLORATORY = {"more_minor"}
 LABELS = {
@@ -590,7 +592,7 @@ def write_table_md(plan: Plan, command: str) -> Path:
     lines += ["", sizing_note(plan), ""]
     lines += [f"Missing points ({len(missing)}): " + (", ".join(missing) or "none"), ""]
     path = ROOT / "results" / f"{t.name}_small.md" if not plan.reduced else plan.out / "table.md"
-    path.write_text("\n".join(lines))
+    write_report(path, "\n".join(lines) + "\n")  # the reading written below it stays
     return path
 
 
@@ -648,7 +650,7 @@ def write_forget_md(plans: dict, command: str) -> Path:
         if not first.reduced
         else first.out / "forgetting.md"
     )
-    path.write_text("\n".join(lines))
+    write_report(path, "\n".join(lines) + "\n")  # the reading written below it stays
     return path
 
 

@@ -219,8 +219,12 @@ def test_reasoning_tables_reduced_resumes_and_reports(tmp_path, shared_data):
     rows = table((res / "table.md").read_text())
     assert rows[0][:3] == ["method", "params", "lr"] and rows[2][0].startswith("MoReMinor")
     assert "Missing points (0)" in out
+    with open(res / "table.md", "a") as f:
+        f.write("What it says, plainly: written by hand.\n")
     again = run("experiments/reasoning_tables.py", "--table", "math", *args)
     assert "math: " not in again  # every point was already done
+    rewritten = (res / "table.md").read_text()  # the table is rewritten, the reading kept
+    assert rewritten.count("| method | params |") == 1 and "written by hand" in rewritten
     forget = run("experiments/reasoning_tables.py", "--table", "forgetting", *args)
     assert "skipped: commonsense more_minor" in forget
     assert (tmp_path / "commonsense_small" / "forget__math__more_minor.json").is_file()
