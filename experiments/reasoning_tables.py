@@ -270,6 +270,10 @@ def generate_scores(model, params, tokenizer, sets: dict, tokens: int) -> dict:
     return reasoning.evaluate(fn, sets, batch_size=min(32, n))
 
 
+def has_checkpoint(plan: Plan, method: str) -> bool:
+    return any((plan.runs / plan.table.name / method / "checkpoints").glob("*"))
+
+
 def test_records(plan: Plan, names, per_set: int | None = None) -> dict:
     from morejax.data import reasoning
 
@@ -344,7 +348,20 @@ def run_forget(plan: Plan, other: Plan, unseen: Plan, method: str | None) -> dic
     if method is None:
         return run_base(unseen, unseen.unseen) | {"cross": None}
     start = time.time()
-    chosen = best_lr(plan, method)
+    chosen = best_lr(plan, method) | {"workdir": str(plan.runs / plan.table.name / method)}
+    retrained = None
+    if not has_checkpoint(plan, method):
+        # runs/ is not in git: a fresh clone retrains the same program (same seed, same
+        # rate grid) and checks that it lands on the validation loss the table recorded.
+        print(f"  no checkpoint for {plan.table.name}/{method}: retraining it", flush=True)
+        again = run_train(plan, method)
+        retrained = again["val_loss"][chosen["member"]]
+        if not math.isclose(retrained, chosen["val_loss"], rel_tol=1e-3):
+            raise RuntimeError(
+                f"retrained {plan.table.name}/{method} reached validation loss {retrained:.5f}, "
+                f"the table recorded {chosen['val_loss']:.5f}: not the same model; delete "
+                f"{point_path(plan, 'train/' + method)} and rerun the table to retrain both"
+            )
     model, tok, pretrained, merged, _, _ = restore_merged(plan, method, chosen)
     scores = generate_scores(model, merged, tok, test_records(unseen, unseen.unseen), unseen.tokens)
     cross = generate_scores(model, merged, tok, test_records(other, other.sets), other.tokens)
@@ -353,6 +370,7 @@ def run_forget(plan: Plan, other: Plan, unseen: Plan, method: str | None) -> dic
         "lr": chosen["lr"],
         "scores": scores,
         "cross": cross,
+        "retrained_val_loss": retrained,
         "weights": weights_digest(pretrained),
         "wall_s": round(time.time() - start, 1),
     }
@@ -427,8 +445,13 @@ def estimate_s(plan: Plan, name: str, timing: dict) -> float:
     if name == "forget/base":
         return overhead + own
     # The other table's sets: a model tuned on the other format mostly stops early.
-    other = plans_of(plan)[plans_of(plan)[name.split("/")[1]].table.other]
-    return overhead + own + generation(other.sets, other.per_set, other.tokens, 40)
+    trained = plans_of(plan)[name.split("/")[1]]
+    other = plans_of(plan)[trained.table.other]
+    method = name.split("/")[2]
+    retrain = (
+        0.0 if has_checkpoint(trained, method) else estimate_s(trained, f"train/{method}", timing)
+    )
+    return overhead + own + generation(other.sets, other.per_set, other.tokens, 40) + retrain
 
 
 def kind(name: str) -> str:
