@@ -284,6 +284,7 @@ def milora_tables(
     # Two learning rates x batch 16 x 192 tokens peaked at 23.5 GB of a 24 GB machine (one
     # commonsense run was OOM-killed, 2026-12-04): two micro-batches halve the activations;
     # the gradient sums are the same (dropout masks of the second half are drawn differently).
-    cfg.micro_batches = 2
+    # At 288 tokens two micro-batches still peaked at 20.8 GB (math LoRA, 2026-12-05): four.
+    cfg.micro_batches = 4 if max_len > 192 else 2
     cfg.log_every = 10
     return cfg

@@ -214,10 +214,13 @@ def default_lrs(table: Table, methods, reduced: bool) -> dict:
     }
 
 
-def load_exp(plan: Plan, method: str):
+def load_exp(plan: Plan, method: str, micro_batches: int | None = None):
     from morejax.train import config
 
-    cfg = config.load(ROOT / plan.table.config, plan.overrides, extra=plan.config_overrides(method))
+    extra = plan.config_overrides(method)
+    if micro_batches:  # memory only, but it draws dropout masks per micro-batch
+        extra["micro_batches"] = micro_batches
+    cfg = config.load(ROOT / plan.table.config, plan.overrides, extra=extra)
     return cfg, config.build(cfg)
 
 
@@ -234,10 +237,10 @@ def prepare_reduced(plan: Plan) -> None:
 # ----------------------------------------------------------------------------- points
 
 
-def run_train(plan: Plan, method: str) -> dict:
+def run_train(plan: Plan, method: str, micro_batches: int | None = None) -> dict:
     from morejax.train import config, loop
 
-    cfg, exp = load_exp(plan, method)
+    cfg, exp = load_exp(plan, method, micro_batches)
     workdir = plan.runs / plan.table.name / method
     start = time.time()
     out = loop.train(exp, workdir, resolved=config.to_json(cfg), progress=False)
@@ -248,6 +251,7 @@ def run_train(plan: Plan, method: str) -> dict:
         "val_loss": [float(m.get("loss", math.nan)) for m in final],
         "steps": out["steps"],
         "init_error": out["init_error"],
+        "micro_batches": cfg.micro_batches,
         "workdir": str(workdir),
         "wall_s": round(time.time() - start, 1),
     }
@@ -354,7 +358,7 @@ def run_forget(plan: Plan, other: Plan, unseen: Plan, method: str | None) -> dic
         # runs/ is not in git: a fresh clone retrains the same program (same seed, same
         # rate grid) and checks that it lands on the validation loss the table recorded.
         print(f"  no checkpoint for {plan.table.name}/{method}: retraining it", flush=True)
-        again = run_train(plan, method)
+        again = run_train(plan, method, chosen.get("micro_batches"))
         retrained = again["val_loss"][chosen["member"]]
         if not math.isclose(retrained, chosen["val_loss"], rel_tol=1e-3):
             raise RuntimeError(

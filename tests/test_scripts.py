@@ -8,6 +8,7 @@ it with `@smoke("dir/script.py")`.
 import importlib.util
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -229,6 +230,14 @@ def test_reasoning_tables_reduced_resumes_and_reports(tmp_path, shared_data):
     assert "skipped: commonsense more_minor" in forget
     assert (tmp_path / "commonsense_small" / "forget__math__more_minor.json").is_file()
     assert "Missing points (1): forget/commonsense/more_minor" in forget
+    # A fresh clone has the table's JSON but not runs/: the point retrains the same program
+    # and must land on the validation loss the table recorded.
+    shutil.rmtree(tmp_path / "math" / "more_minor")
+    (tmp_path / "commonsense_small" / "forget__math__more_minor.json").unlink()
+    again = run("experiments/reasoning_tables.py", "--table", "forgetting", *args)
+    assert "no checkpoint for math/more_minor: retraining it" in again
+    rec = json.loads((tmp_path / "commonsense_small" / "forget__math__more_minor.json").read_text())
+    assert rec["retrained_val_loss"] == pytest.approx(test["val_loss"], rel=1e-3)
     dry = run("experiments/reasoning_tables.py", "--table", "commonsense", "--dry-run", *args)
     assert "train/more_minor " in dry and "total still to run" in dry
 
