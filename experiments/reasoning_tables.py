@@ -121,14 +121,18 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def machine() -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+def load_now() -> float:
+    return round(os.getloadavg()[0], 1) if hasattr(os, "getloadavg") else float("nan")
+
+
+def machine(with_load: bool = True) -> str:
     import jax
 
-    return (
+    text = (
         f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.system()}), "
-        f"Python {platform.python_version()}, jax {jax.__version__}, load {load:.1f} at start"
+        f"Python {platform.python_version()}, jax {jax.__version__}"
     )
+    return text + (f", load {load_now():.1f} at start" if with_load else "")
 
 
 def subset(records: list, n: int, name: str) -> list:
@@ -292,7 +296,7 @@ def best_lr(plan: Plan, method: str) -> dict | None:
         return None
     losses = [math.inf if math.isnan(v) else v for v in rec["val_loss"]]
     i = int(np.argmin(losses))
-    return {"lr": rec["lrs"][i], "member": i, "val_loss": rec["val_loss"][i], **rec}
+    return {**rec, "lr": rec["lrs"][i], "member": i, "val_loss": rec["val_loss"][i]}
 
 
 def restore_merged(plan: Plan, method: str, chosen: dict):
@@ -507,22 +511,53 @@ def fmt(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
-def ranking_note(table: str, rows: dict) -> str:
-    """Whether the small-scale order of LoRA / PiSSA / MiLoRA is the paper's."""
+def ranking_note(table: str, rows: dict, n_records: int) -> str:
+    """Whether the small-scale order of LoRA / PiSSA / MiLoRA is the paper's, and whether the
+    test subset (n_records behind the compared score) can tell them apart at all."""
     paper = PAPER[table][1]
     key = "average" if table == "commonsense" else "gsm8k"
     if not all(m in rows for m in paper):
         return "Ranking: not yet known (LoRA, PiSSA and MiLoRA must all finish)."
-    small = {m: rows[m]["scores"][key] for m in paper}
-    order = lambda d: " > ".join(LABELS[m] for m in sorted(d, key=lambda m: -d[m]))
+    small = {m: round(100 * rows[m]["scores"][key], 1) for m in paper}
+
+    def order(d):
+        ranked = sorted(d, key=lambda m: -d[m])
+        text = LABELS[ranked[0]]
+        for a, b in zip(ranked, ranked[1:]):
+            text += (" = " if d[a] == d[b] else " > ") + LABELS[b]
+        return text
+
     agree = order(small) == order(paper)
+    gap = max(small.values()) - min(small.values())
+    p = sum(small.values()) / 300
+    # Two accuracies on n records each differ by 2 standard errors of their difference
+    # by chance about 1 time in 20; below that the subset does not order the methods.
+    noise = 200 * math.sqrt(2 * max(p * (1 - p), 1 / n_records) / n_records)
+    resolved = gap > noise
     return (
         f"Ranking on {key}: here {order(small)}; paper {order(paper)}: "
-        f"{'the same order' if agree else 'a different order'}."
+        f"{'the same order' if agree else 'a different order'}. The spread here is "
+        f"{gap:.1f} points on {n_records} test records, "
+        + (
+            f"above the {noise:.1f} points that sampling alone gives 1 time in 20."
+            if resolved
+            else f"within the {noise:.1f} points that sampling alone gives 1 time in 20: "
+            "this subset does not resolve the order."
+        )
     )
 
 
-def header(title: str, command: str, plan: Plan, wall: float, extra: list[str]) -> list[str]:
+def header(title: str, command: str, recs: dict, extra: list[str]) -> list[str]:
+    done = [r for r in recs.values() if r]
+    wall = sum(r["wall_s"] for r in done)
+    # The load when each point started, not when this report is written (often much later).
+    loads = [r["load"] for r in done if "load" in r]
+    load = (
+        f"1-minute load when a point started: {min(loads):.1f} to {max(loads):.1f}"
+        + (f" ({len(loads)} of {len(done)} points recorded it)" if len(loads) < len(done) else "")
+        if loads
+        else "load at the start of each point not recorded"
+    )
     return [
         f"# {title}",
         "",
@@ -530,7 +565,8 @@ def header(title: str, command: str, plan: Plan, wall: float, extra: list[str]) 
         command,
         "```",
         "",
-        f"Machine: {machine()}. Wall time of the finished points: {wall / 3600:.2f} h.",
+        f"Machine: {machine(with_load=False)}; {load}. "
+        f"Wall time of the finished points: {wall / 3600:.2f} h.",
         "",
         *extra,
     ]
@@ -555,15 +591,13 @@ def write_table_md(plan: Plan, command: str) -> Path:
     names = table_points(plan)
     recs = {n: point(plan, n) for n in names}
     missing = [n for n, r in recs.items() if r is None]
-    wall = sum(r["wall_s"] for r in recs.values() if r)
     tests = {n.split("/")[1]: r for n, r in recs.items() if n.startswith("test/") and r}
     digests = sorted({r["weights"] for r in tests.values()})
     cols = list(plan.sets) + ["average"]
     lines = header(
         f"{t.name.capitalize()} reasoning, small scale (SmolLM2-135M)",
         command,
-        plan,
-        wall,
+        recs,
         [
             ("REDUCED smoke run: a tiny random LLaMA, not SmolLM2. " if plan.reduced else "")
             + f"Base model: SmolLM2-135M-Instruct, its Q4_1 GGUF dequantised to float32; every "
@@ -603,7 +637,9 @@ def write_table_md(plan: Plan, command: str) -> Path:
         f"{DIFFERS[t.name]}, "
         "subsets of the test sets, float32 throughout.",
         "",
-        ranking_note(t.name, tests),
+        ranking_note(
+            t.name, tests, plan.per_set * (len(plan.sets) if t.name == "commonsense" else 1)
+        ),
         "",
         "Validation loss per learning rate:",
         "",
@@ -628,12 +664,10 @@ def write_forget_md(plans: dict, command: str) -> Path:
     names = forget_points(plans)
     recs = {n: point(first, n) for n in names}
     missing = [n for n, r in recs.items() if r is None]
-    wall = sum(r["wall_s"] for r in recs.values() if r)
     lines = header(
         "Forgetting after fine-tuning, small scale (SmolLM2-135M)",
         command,
-        first,
-        wall,
+        recs,
         [
             "(a) Accuracy on sets the model never trained on (piqa, social_i_qa, winogrande; "
             "and the other table's sets), against the untuned model. (b) How far each adapted "
@@ -723,10 +757,12 @@ def run_points(plan: Plan, names, do, command, write, args, argv) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {plan.table.name}: {name}", flush=True)
         path = point_path(plan, name)
         if args.only or args.in_process:
+            load = load_now()
             rec = do(name)
             if rec is None:
                 continue
             rec["settings"] = plan.settings()
+            rec["load"] = load
             write_json(path, rec)
             write(command)
         else:

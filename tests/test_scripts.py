@@ -220,6 +220,7 @@ def test_reasoning_tables_reduced_resumes_and_reports(tmp_path, shared_data):
     rows = table((res / "table.md").read_text())
     assert rows[0][:3] == ["method", "params", "lr"] and rows[2][0].startswith("MoReMinor")
     assert "Missing points (0)" in out
+    assert test["load"] >= 0 and "1-minute load when a point started" in out
     with open(res / "table.md", "a") as f:
         f.write("What it says, plainly: written by hand.\n")
     again = run("experiments/reasoning_tables.py", "--table", "math", *args)
