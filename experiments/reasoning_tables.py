@@ -673,7 +673,9 @@ def write_forget_md(plans: dict, command: str) -> Path:
             "and the other table's sets), against the untuned model. (b) How far each adapted "
             f"matrix's top-{SUBSPACE_K} singular subspaces moved: principal angles between the "
             "pretrained and the merged fine-tuned kernel, mean over the 30 layers of each "
-            "projection's mean angle (degrees), input side / output side.",
+            "projection's mean angle (degrees), input side / output side. The input-side "
+            "angles as bars, with the spectra they start from: results/figures/spectra_*.png "
+            "(`python experiments/make_figures.py notebooks/spectra.py`).",
             "",
         ],
     )
