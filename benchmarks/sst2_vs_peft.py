@@ -11,8 +11,9 @@ Both sides: MiniLM-L6 (the pip package), batch 32, AdamW with weight decay 0.001
 3e-3 with 6% warmup and cosine decay, fresh head and the pooler trained, float32, no
 dropout on the morejax side. morejax runs `configs/glue_more_minilm.py` (the main job: MoRe
 nb4 r4 on q,k,v, packed rows) with a cold compilation cache, again with the cache warm, with
-the last layer run only at the classifier's [CLS] tokens, and with PEFT's adapter (LoRA r8 on
-query/value, cold); `--variants` picks some of these;
+the last layer run at every token (`full`: the main job before its last layer ran at [CLS]
+only), and with PEFT's adapter (LoRA r8 on query/value, cold); `--variants` picks some of
+these;
 PEFT runs LoRA r8 on query/value, `modules_to_save=["classifier", "pooler"]`.
 """
 
@@ -39,14 +40,14 @@ MAIN_JOB = ROOT / "configs" / "glue_more_minilm.py"
 TARGETS = (0.80, 0.84, 0.85)
 # key -> (row name, overrides), run in this order with one fresh compilation cache: the
 # first run compiles everything (cold), the rerun loads the main job's programs (warm: what
-# a second run of a config, another seed or a sweep point costs); the CLS-only variant and
+# a second run of a config, another seed or a sweep point costs); the all-token variant and
 # LoRA have programs of their own.
 VARIANTS = {
     "main": ("morejax MoRe nb4 r4 q,k,v (main job), cold compile cache", []),
     "warm": ("morejax main job rerun, warm compile cache", []),
-    "cls": (
-        "morejax main job, last layer at [CLS] only, cold compile cache",
-        ["model.overrides={'cls_only_last_layer': True}"],
+    "full": (
+        "morejax main job, last layer at every token, cold compile cache",
+        ["model.overrides={'cls_only_last_layer': False}"],
     ),
     "lora": (
         "morejax LoRA r8 q,v, cold compile cache",

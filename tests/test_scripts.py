@@ -298,6 +298,6 @@ def test_llama_mfu_counts_the_forward_matmuls_as_xla_does():
 def test_sst2_vs_peft_benchmark(shared_data):
     out = run("benchmarks/sst2_vs_peft.py", "--steps", "2", "--eval-every", "2",
               "--train-limit", "128", "--eval-limit", "32", "--no-record",
-              "--variants", "cls")  # fmt: skip
+              "--variants", "full")  # fmt: skip
     names = [r[0] for r in table(out)[1:]]
-    assert names[0].startswith("PEFT") and len(names) == 2 and "[CLS] only" in names[1]
+    assert names[0].startswith("PEFT") and len(names) == 2 and "every token" in names[1]
