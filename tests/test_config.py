@@ -138,6 +138,16 @@ def test_params_reproduces_the_papers_counts_without_weights(capsys):
     assert roberta["other trainable"] > 0  # the classifier head, counted apart
 
 
+def test_reasoning_configs_resolve_to_llama2_7b_at_paper_scale(capsys):
+    # MiLoRA's LLaMA-2-7B runs: q,k,v,up,down over 32 layers (d 4096, MLP 11008);
+    # per layer r * ((4096+4096) * 3 + (4096+11008) * 2) = r * 54,784.
+    commonsense = _totals(capsys, "commonsense_smollm2.py", "scale=paper")
+    assert commonsense["model params"] == 6_738_415_616
+    assert commonsense["adapter params"] == 32 * 32 * 54_784  # r=32
+    math = _totals(capsys, "math_smollm2.py", "scale=paper")
+    assert math["adapter params"] == 32 * 64 * 54_784  # r=64
+
+
 def test_params_table_lists_adapted_kernels(capsys):
     assert cli.main(["params", str(MAIN)]) == 0
     out = capsys.readouterr().out
