@@ -301,3 +301,16 @@ def test_sst2_vs_peft_benchmark(shared_data):
               "--variants", "full")  # fmt: skip
     names = [r[0] for r in table(out)[1:]]
     assert names[0].startswith("PEFT") and len(names) == 2 and "every token" in names[1]
+
+
+@smoke("benchmarks/train_loop.py")
+def test_train_loop_benchmark(shared_data):
+    out = run("benchmarks/train_loop.py", "--steps", "3", "--repeats", "1",
+              "--set", "data.train_limit=128", "--no-record")  # fmt: skip
+    rows = table(out)
+    measures = [r[0] for r in rows[1:4]]
+    assert measures[0].startswith("input pipeline") and measures[2].startswith("`morejax train`")
+    assert all(float(r[2]) > 0 for r in rows[1:4])
+    by_rows = rows[5:]  # the second table: one line per packed row count the run compiled
+    assert by_rows and sum(int(r[1]) for r in by_rows) == 3
+    assert "Loop / step alone:" in out
