@@ -26,7 +26,7 @@ import jax  # noqa: E402
 
 from benchmarks import write_section  # noqa: E402
 from morejax.data import pipeline  # noqa: E402
-from morejax.train import config  # noqa: E402
+from morejax.train import compile_cache, config  # noqa: E402
 from morejax.train import loop as train_loop  # noqa: E402
 from morejax.train.mesh import to_global  # noqa: E402
 from morejax.train.step import batch_spec  # noqa: E402
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     p.add_argument("--no-record", action="store_true", help="print only (no results/ update)")
     args = p.parse_args(argv)
+    compile_cache.enable()  # as `morejax train` does: the bare step then loads the loop's programs
     log_every = max(args.steps // 10, 1)
     # Training only: the loop still evaluates once, at its last step, on 8 dev examples.
     cfg = config.load(args.config, [*args.set, f"steps={args.steps}", "eval_every=0",

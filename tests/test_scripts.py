@@ -304,9 +304,11 @@ def test_sst2_vs_peft_benchmark(shared_data):
 
 
 @smoke("benchmarks/train_loop.py")
-def test_train_loop_benchmark(shared_data):
+def test_train_loop_benchmark(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOREJAX_COMPILE_CACHE", str(tmp_path / "xla"))  # compile each shape once
     out = run("benchmarks/train_loop.py", "--steps", "3", "--repeats", "1",
-              "--set", "data.train_limit=128", "--no-record")  # fmt: skip
+              "--set", "data.train_limit=128", "--set", "batch_size=8",
+              "--no-record")  # fmt: skip
     rows = table(out)
     measures = [r[0] for r in rows[1:4]]
     assert measures[0].startswith("input pipeline") and measures[2].startswith("`morejax train`")
