@@ -2,7 +2,7 @@
 already on the device, and `morejax train`'s loop around it, measured in one run.
 
     python benchmarks/train_loop.py                     # the main job, 200 steps
-    python benchmarks/train_loop.py --steps 4 --set data.train_limit=256 --no-record  # smoke
+    python benchmarks/train_loop.py --steps 3 --set data.train_limit=128 --no-record  # smoke
 
 If the loop's real tokens/s is close to the step's on prefetched batches, the loop (data,
 logging, checks) costs nothing and only a cheaper step raises throughput; the per-row-count
@@ -63,7 +63,8 @@ def main(argv=None) -> int:
         s = train_loop.setup(exp)
         stream, steps = train_loop.training_data(exp, s)
         run = train_loop.start_run(exp, s, steps, Path(tmp) / "bare", {})
-        run.ckpt.close()
+        run.ckpt.close()  # the bare run saves nothing; its writers close before tmp goes
+        run.logger.close()
     start = time.perf_counter()
     local = [next(stream) for _ in range(args.steps)]
     data_ms = (time.perf_counter() - start) / args.steps * 1e3
