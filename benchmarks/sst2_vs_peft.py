@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import write_section  # noqa: E402
+from morejax.train.config import shared_dir  # noqa: E402
 
-SST2 = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
 MAIN_JOB = ROOT / "configs" / "glue_more_minilm.py"
 TARGETS = (0.80, 0.84, 0.85)
 # key -> (row name, overrides), run in this order with one fresh compilation cache: the
@@ -90,7 +90,7 @@ def run_morejax(args, sets: list[str], cache: Path) -> dict:
     return {"tokens_per_s": statistics.median(rates), "curve": evals, "total_s": total}
 
 
-def run_peft(args) -> dict:
+def run_peft(args, sst2: Path) -> dict:
     start = time.time()
     import numpy as np
     import peft
@@ -126,8 +126,8 @@ def run_peft(args) -> dict:
             for i, m, (_, y) in zip(enc["input_ids"], enc["attention_mask"], rows)
         ]
 
-    train = encode(read_tsv(SST2 / "train.tsv", args.train_limit))
-    dev = encode(read_tsv(SST2 / "dev.tsv", args.eval_limit))
+    train = encode(read_tsv(sst2 / "train.tsv", args.train_limit))
+    dev = encode(read_tsv(sst2 / "dev.tsv", args.eval_limit))
     curve, steps = [], []
 
     class Clock(TrainerCallback):
@@ -200,12 +200,14 @@ def main(argv=None) -> int:
     keys = [k for k in args.variants.split(",") if k]
     if unknown := sorted(set(keys) - set(VARIANTS)):
         p.error(f"unknown --variants {unknown}; choose from {', '.join(VARIANTS)}")
-    if not SST2.is_dir():
-        p.error(f"SST-2 not found at {SST2} (../shared/data/glue)")
+    # The same SST-2 folder the main job's config reads (MOREJAX_SHARED_DATA or ../shared).
+    sst2 = shared_dir("glue", "SST-2")
+    if sst2 is None:
+        p.error("SST-2 not found under ../shared/data/glue (or $MOREJAX_SHARED_DATA/glue)")
     import torch
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    results = {"PEFT LoRA r8 q,v + Trainer": run_peft(args)}
+    results = {"PEFT LoRA r8 q,v + Trainer": run_peft(args, Path(sst2))}
     print("PEFT done", flush=True)
     with tempfile.TemporaryDirectory() as cache:
         for name, sets in (VARIANTS[k] for k in keys):
