@@ -12,6 +12,7 @@ from morejax.train import config
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "configs" / "glue_more_minilm.py"
+SMOKE = ROOT / "configs" / "smoke_tiny.py"
 
 
 def test_overrides_reach_nested_values():
@@ -230,3 +231,55 @@ def test_configs_find_the_offline_data_beside_the_checkout(shared_data, monkeypa
     assert config.shared_dir("glue") == str(ROOT.parent / "shared" / "data" / "glue")
     exp = config.build(config.load(MAIN))
     assert exp.data.local_dir == str(ROOT.parent / "shared" / "data" / "glue")
+
+
+# ----------------------------------------------------------------------------- issue 29, item 1
+
+
+@pytest.mark.parametrize(
+    "override, want",
+    [
+        ("data.pack=false", False),
+        ("data.pack=No", False),
+        ("data.pack=TRUE", True),
+        ("data.pack=1", True),
+        ("steps=1e3", 1000),
+        ("steps=none", None),
+        ("adapter.dropout=0", 0.0),
+        ("data.eval_split=validation", "validation"),
+        ("data.eval_split=('a', 'b')", ("a", "b")),
+        ("data.buckets=[16, 32]", (16, 32)),
+    ],
+)
+def test_set_values_take_the_type_of_their_field(override, want):
+    path = override.split("=", 1)[0]
+    got = config.get_path(config.load(MAIN, [override]), path)
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.parametrize(
+    "override, want",
+    [
+        ("steps=1.5", "int | None"),
+        ("steps=ten", "int | None"),
+        ("data.pack=maybe", "bool"),
+        ("batch_size=None", "int"),
+        ("steps=LoRA(rank=8)", "int | None"),
+        ("data.buckets=(16.5,)", "tuple[int, ...] | None"),
+    ],
+)
+def test_set_values_that_do_not_fit_fail_before_anything_loads(tmp_path, capsys, override, want):
+    workdir = tmp_path / "run"
+    rc = cli.main(["train", str(SMOKE), "--workdir", str(workdir), "--set", override])
+    lines = capsys.readouterr().err.strip().splitlines()
+    path, value = override.split("=", 1)
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+    assert f"{path} takes {want}" in lines[0] and value in lines[0]
+    assert not workdir.exists()
+
+
+def test_config_arguments_are_checked_against_their_annotation():
+    ablation = ROOT / "configs" / "more_ablation_cola.py"
+    assert config.build(config.load(ablation, ["rank=8"])).adapter.rank == 8
+    with pytest.raises(ValueError, match=r"--set rank=8.5: rank takes int, not 8.5"):
+        config.load(ablation, ["rank=8.5"])

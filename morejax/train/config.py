@@ -238,7 +238,7 @@ def load(
     for key, value, is_text in items:
         if key in args:
             hint = _arg_hint(module.config, key, args[key])
-            kwargs[key] = parse_value(value, hint) if is_text else value
+            kwargs[key] = parse_setting(key, value, hint) if is_text else value
     cfg = module.config(**kwargs)
     rest = [(k, v, t) for k, v, t in items if k not in args]
     _apply(cfg, rest, known_args=sorted(args))
@@ -511,6 +511,100 @@ def parse_value(text: str, hint: Any = None) -> Any:
     raise ValueError(f"cannot parse value {raw!r} (quote strings: 'text')")
 
 
+_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def parse_setting(path: str, text: str, hint: Any) -> Any:
+    """A `--set` value parsed and made to fit the annotation of the field it sets.
+
+    Checked here, before anything loads, so `data.pack=false` is False (not the truthy
+    text), `steps=1.5` is an error (not 1 step) and `steps=ten` fails at once, naming it.
+    """
+    value = parse_value(text, hint)
+    if hint is None:
+        return value
+    try:
+        return fit(value, hint)
+    except TypeError:
+        expected = _type_name(hint)
+        if hint is bool:
+            expected += " (true/false, yes/no, 1/0)"
+        raise ValueError(
+            f"--set {path}={text.strip()}: {path} takes {expected}, not {value!r}"
+        ) from None
+
+
+def fit(value: Any, hint: Any) -> Any:
+    """`value` as a field annotated `hint` holds it (1 -> 1.0 for a float, 'no' -> False for a
+    bool); TypeError when it does not fit. Annotations it cannot check pass values as given."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return value
+    if origin in (typing.Union, UnionType):
+        for member in sorted(args, key=lambda a: a is type(None)):  # 'none' is text for str
+            try:
+                return fit(value, member)
+            except TypeError:
+                pass
+        raise TypeError(hint)
+    if hint is type(None):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        raise TypeError(hint)
+    if isinstance(value, fdl.Buildable):
+        built = fdl.get_callable(value)
+        if isinstance(built, type) and isinstance(hint, type) and issubclass(built, hint):
+            return value
+        raise TypeError(hint)
+    if hint is bool:
+        if isinstance(value, (bool, int, str)) and str(value).lower() in _BOOLS:
+            return _BOOLS[str(value).lower()]
+        raise TypeError(hint)
+    if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError(hint)
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError(hint)
+    if (origin or hint) in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [fit(v, args[0]) for v in value]
+        elif args:
+            if len(args) != len(value):
+                raise TypeError(hint)
+            items = [fit(v, a) for v, a in zip(value, args)]
+        else:
+            items = list(value)
+        return tuple(items) if (origin or hint) is tuple else items
+    if (origin or hint) is dict:
+        if not isinstance(value, Mapping):
+            raise TypeError(hint)
+        if not args:
+            return dict(value)
+        return {fit(k, args[0]): fit(v, args[1]) for k, v in value.items()}
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise TypeError(hint)
+    if hint is Path:
+        hint = str
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise TypeError(hint)
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
 def field_hint(cfg: Any, path: str) -> Any:
     """The annotation of the field a path ends in (None when unknown or an item)."""
     steps = _parse_path(path)
@@ -540,7 +634,7 @@ def _apply(cfg, items, known_args: list[str] = ()) -> None:
     for path, value, is_text in items:
         try:
             if is_text:
-                value = parse_value(value, field_hint(cfg, path))
+                value = parse_setting(path, value, field_hint(cfg, path))
             set_path(cfg, path, value)
         except ValueError as e:
             if known_args and "unknown config path" in str(e):
