@@ -147,25 +147,33 @@ class LlamaConfig:
 
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides) -> LlamaConfig:
-        """Reads a Hugging Face ``config.json`` dict (LlamaConfig fields)."""
-        scaling = None
-        rs = hf.get("rope_scaling")
-        if rs:
-            kind = rs.get("rope_type", rs.get("type"))
-            if kind != "llama3":
-                raise NotImplementedError(
-                    f"rope_scaling type {kind!r} (only 'llama3' is supported)"
-                )
-            scaling = RopeScaling(
-                factor=float(rs["factor"]),
-                low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
-                high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
-                original_max_position_embeddings=int(
-                    rs.get("original_max_position_embeddings", 8192)
-                ),
+        """Reads a Hugging Face ``config.json`` dict, in the 4.x or the 5.x layout.
+
+        Every field that changes the numbers is either honoured or an error naming it: a
+        checkpoint that loads must give transformers' logits.
+        """
+        model_type = hf.get("model_type", "llama")
+        if model_type != "llama":
+            raise NotImplementedError(
+                f"config.json model_type {model_type!r}: this reader is for 'llama' only"
             )
-        if hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise NotImplementedError("LLaMA variants with biases are not supported")
+        theta, scaling = _hf_rope(hf)
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise NotImplementedError(f"config.json hidden_act {act!r}: LLaMA uses 'silu'")
+        if hf.get("partial_rotary_factor", 1.0) != 1.0:
+            raise NotImplementedError(
+                f"config.json partial_rotary_factor={hf['partial_rotary_factor']}: LLaMA rotates "
+                "the whole head"
+            )
+        for field in ("attention_bias", "mlp_bias"):
+            if hf.get(field):
+                raise NotImplementedError(f"config.json {field}=true: LLaMA here has no biases")
+        if hf.get("sliding_window") is not None:
+            raise NotImplementedError(
+                f"config.json sliding_window={hf['sliding_window']}: LLaMA attends to every "
+                "earlier token"
+            )
         kw = dict(
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
@@ -174,7 +182,7 @@ class LlamaConfig:
             num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
             head_dim=hf.get("head_dim"),
             intermediate_size=hf["intermediate_size"],
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
+            rope_theta=theta,
             rope_scaling=scaling,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -217,6 +225,46 @@ class LlamaConfig:
         if self.rope_scaling is not None:
             out["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
         return out
+
+
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
+    """(theta, scaling) from ``rope_parameters`` (transformers 5) or the top-level
+    ``rope_theta`` / ``rope_scaling`` (4.x); a rope type or key not implemented is an error."""
+    if hf.get("rope_parameters") is not None:
+        rope = dict(hf["rope_parameters"])
+        field = "rope_parameters"
+        theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    else:
+        rope = dict(hf.get("rope_scaling") or {})
+        field = "rope_scaling"
+        theta = hf.get("rope_theta", 10000.0)
+    kind = rope.pop("rope_type", rope.pop("type", "default"))
+    if kind == "default":
+        extra = sorted(rope)
+        if extra:
+            raise NotImplementedError(f"config.json {field}: keys {extra} with rope_type 'default'")
+        return float(theta), None
+    if kind != "llama3":
+        raise NotImplementedError(
+            f"config.json {field}.rope_type {kind!r}: only 'default' and 'llama3' are implemented"
+        )
+    extra = sorted(set(rope) - set(_LLAMA3_KEYS) - {"attention_factor"})
+    if extra or rope.get("attention_factor", 1.0) != 1.0:
+        raise NotImplementedError(
+            f"config.json {field}: llama3 rope with {extra or ['attention_factor']} is not "
+            "implemented"
+        )
+    return float(theta), RopeScaling(
+        factor=float(rope["factor"]),
+        low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+        original_max_position_embeddings=int(
+            rope.get("original_max_position_embeddings", hf.get("max_position_embeddings", 8192))
+        ),
+    )
 
 
 # Exact Hugging Face shapes, enough for parameter tables via jax.eval_shape.
