@@ -172,6 +172,44 @@ def test_eval_command_restores_the_best_checkpoint(shared_data, runs, capsys):
     assert printed[0]["score"] == pytest.approx(results["best"])
 
 
+def test_eval_scores_the_run_as_it_was_trained(shared_data, runs, capsys):
+    workdir = runs("padded", "--set", "data.pack=False")
+    results = json.loads((workdir / "results.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["eval", "--workdir", str(workdir)]) == 0  # the saved config by default
+    out = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(out[-1])[0]["score"] == pytest.approx(results["best"])
+    best = results["best_step"]
+    assert f"scoring sst2 (validation) with the best checkpoint, step {best}" in "\n".join(out)
+    # The config file without the run's --set: an error naming the field, not another score.
+    assert cli.main(["eval", SMOKE, "--workdir", str(workdir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.pack: False -> True" in err[0]
+    assert cli.main(["eval", "--workdir", str(workdir), "--set", "adapter.rank=8"]) == 2
+    assert "adapter.rank: 4 -> 8" in capsys.readouterr().err
+
+
+def test_eval_of_a_missing_workdir_creates_nothing(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert cli.main(["eval", SMOKE, "--workdir", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"no trained run in {missing}" in err[0]
+    assert not missing.exists()
+
+
+def test_a_saved_config_is_rebuilt_exactly():
+    for path, sets in [
+        (SMOKE, ["data.buckets=(8, 16)"]),
+        (
+            ROOT / "configs" / "glue_minilm.py",
+            ["task=mnli", "adapter=LoRA(rank=8)", "optimizer.lr_groups['head/.*']=2.0"],
+        ),
+    ]:
+        cfg = config.resolve(config.load(path, sets))
+        rebuilt = config.from_json(config.to_json(cfg))
+        assert config.build(rebuilt) == config.build(cfg)
+
+
 def test_resume_after_a_stop_is_bit_identical(shared_data, runs):
     full = runs("one")
     stopped = runs("stopped", "--stop-at", "3")

@@ -10,8 +10,11 @@ from pathlib import Path
 from morejax.train import config
 
 
-def common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment file (configs/*.py) defining config()")
+def common_arguments(p: argparse.ArgumentParser, *, config_help: str | None = None) -> None:
+    if config_help:
+        p.add_argument("config", nargs="?", help=config_help)
+    else:
+        p.add_argument("config", help="experiment file (configs/*.py) defining config()")
     p.add_argument(
         "--set",
         action="append",
@@ -36,7 +39,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser("eval", help="evaluate a run's best or latest checkpoint")
-    common_arguments(p)
+    common_arguments(
+        p,
+        config_help="experiment file; default: the run's saved config (workdir/config.json). "
+        "A file or --set that changes the run's config is an error naming the fields",
+    )
     p.add_argument("--workdir", required=True)
     p.add_argument("--checkpoint", default="best", help="best | latest | STEP")
     p.set_defaults(func=cmd_eval)
@@ -109,15 +116,38 @@ def report(out: dict, workdir: Path) -> None:
 def cmd_eval(args) -> int:
     from morejax.train import evaluate
 
-    cfg = load(args)
+    cfg = eval_config(args)
     exp = config.build(cfg)
     out = evaluate.evaluate_checkpoint(exp, args.workdir, args.checkpoint)
-    print(f"checkpoint {out['checkpoint']} (step {out['step']})")
     for i, r in enumerate(out["results"]):
         label = f"member {i}: " if len(out["results"]) > 1 else ""
         print(label + ", ".join(f"{k} {v:.4f}" for k, v in r.items()))
     print(json.dumps(out["results"]))
     return 0
+
+
+def eval_config(args):
+    """The config of the run in `--workdir` (its saved one unless a file is given); a file or
+    `--set` that changes it is an error, so a run is never scored on another task or model."""
+    from morejax.train.evaluate import checkpoints_of
+
+    workdir = Path(args.workdir)
+    checkpoints_of(workdir)
+    saved = config.saved(workdir)
+    if args.config:
+        cfg = load(args)
+    elif saved is None:
+        raise FileNotFoundError(f"{workdir} has no config.json: pass the run's config file")
+    else:
+        cfg = config.apply_overrides(config.from_json(saved), args.set)
+    config.resolve(cfg)
+    changed = (args.config or args.set) and config.changes(saved or {}, config.to_json(cfg))
+    if changed:
+        raise ValueError(
+            f"{workdir} holds a run of another config ({changed}); leave out the config file "
+            "and --set to score the run as it was trained"
+        )
+    return cfg
 
 
 def cmd_params(args) -> int:

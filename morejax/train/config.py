@@ -15,6 +15,7 @@ import importlib.util
 import inspect
 import itertools
 import json
+import pkgutil
 import re
 import sys
 import typing
@@ -715,6 +716,84 @@ def write_resolved(cfg: Any, workdir: str | Path, extra: Mapping | None = None) 
     (workdir / "config.txt").write_text(to_text(cfg) + "\n")
     payload = {"config": to_json(cfg), **(dict(extra) if extra else {})}
     (workdir / "config.json").write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def saved(workdir: str | Path) -> dict | None:
+    """The resolved config a run wrote to its workdir (`to_json` form), None when absent."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())["config"]
+
+
+class _Node(dict):
+    """An inner node of a flat config being rebuilt (a leaf value may itself be a dict)."""
+
+
+def from_json(flat: Mapping[str, Any]) -> fdl.Config:
+    """The config tree whose `to_json` is `flat`: a run's saved config, ready to build again."""
+    tree = _Node()
+    for path, value in flat.items():
+        steps = _parse_path(path)
+        node = tree
+        for step in steps[:-1]:
+            node = node.setdefault(step, _Node())
+        node[steps[-1]] = value
+    cfg = _rebuild(tree, None, "")
+    rebuilt = to_json(cfg)  # fields added to the code since the run hold their defaults
+    wrong = sorted(k for k, v in flat.items() if k not in rebuilt or rebuilt[k] != v)
+    if wrong:
+        raise ValueError(f"the saved config cannot be rebuilt exactly (fields: {wrong[:8]})")
+    return cfg
+
+
+def _rebuild(node: Any, hint: Any, path: str) -> Any:
+    if not isinstance(node, _Node):
+        try:
+            return node if hint is None else fit(node, hint)
+        except TypeError:
+            raise ValueError(f"saved config: {path} = {node!r} is not {_type_name(hint)}") from None
+    if ("attr", "__fn__") in node:
+        fn = pkgutil.resolve_name(node.pop(("attr", "__fn__")))
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:
+            hints = {}
+        kwargs = {
+            k: _rebuild(v, hints.get(k), f"{path}.{k}".lstrip(".")) for (_, k), v in node.items()
+        }
+        try:
+            return fdl.Config(fn, **kwargs)
+        except TypeError as e:  # a field the code no longer has
+            raise ValueError(f"saved config: {path or 'the experiment'}: {e}") from None
+    items = {key: _rebuild(v, None, f"{path}[{key!r}]") for (_, key), v in node.items()}
+    if list(items) == list(range(len(items))):
+        items = list(items.values())
+    return items if hint is None else _rebuild(items, hint, path)
+
+
+# Fields that change neither the training trajectory nor the results' meaning.
+RESUME_SAFE = (
+    "name",
+    "log_every",
+    "eval_every",
+    "eval_at_start",
+    "checkpoint_every",
+    "data.num_threads",
+    "data.eval_batch_size",
+)
+
+
+def changes(old: Mapping, new: Mapping) -> str:
+    """The fields (`to_json` form) where `new` changes a run made with `old`, as
+    `path: old -> new` text; empty when none matters (or either is unknown)."""
+    changed = sorted(
+        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE
+    )
+    if not (changed and old and new):
+        return ""
+    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+    return shown + (f" (+{len(changed) - 8} more)" if len(changed) > 8 else "")
 
 
 def shared_dir(*parts: str) -> str | None:

@@ -12,6 +12,7 @@ import numpy as np
 from morejax.train import checkpoints, distributed
 from morejax.train.config import Experiment
 from morejax.train.inputs import task_kind
+from morejax.train.logger import say
 from morejax.train.mesh import gather, replicated
 from morejax.train.setup import setup
 from morejax.train.step import compile_eval_step, make_forward
@@ -104,11 +105,20 @@ def generation_accuracy(data, loaded, base, adapters) -> dict:
     return {"accuracy": scores.pop("average"), **{f"accuracy/{k}": v for k, v in scores.items()}}
 
 
+def checkpoints_of(workdir: str | Path) -> Path:
+    """A run's checkpoint folder; an error, before anything is created, when there is none."""
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no trained run in {workdir} (it has no checkpoints/ folder)")
+    return directory
+
+
 def restore_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best"):
     """(setup, step, adapters, checkpoint dir) of a run's checkpoint: 'best', 'latest', a step."""
+    directory = checkpoints_of(workdir)
     s = setup(exp)
     metric, mode = metric_of(exp)
-    ckpt = checkpoints.Checkpoints(Path(workdir) / "checkpoints", metric=metric, mode=mode)
+    ckpt = checkpoints.Checkpoints(directory, metric=metric, mode=mode)
     try:
         step = ckpt.resolve(which)
         like = distributed.put(s.adapters, replicated(s.mesh, s.adapters))
@@ -121,6 +131,9 @@ def restore_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best"
 def evaluate_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best") -> dict:
     """Restore a checkpoint's adapters and evaluate them."""
     s, step, adapters, where = restore_checkpoint(exp, workdir, which)
+    split = exp.data.eval_split
+    split = ", ".join(split) if isinstance(split, (tuple, list)) else split
+    say(f"scoring {exp.data.task} ({split}) with the {which} checkpoint, step {step}: {where}")
     eval_step = compile_eval_step(
         make_forward(s.loaded.model, s.loaded.family), s.kind, s.n_members is not None
     )

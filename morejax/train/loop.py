@@ -22,7 +22,7 @@ import numpy as np
 import morejax
 from morejax import paths
 from morejax.data import pipeline
-from morejax.train import checkpoints, distributed
+from morejax.train import checkpoints, config, distributed
 from morejax.train.checkpoints import is_better
 from morejax.train.config import Experiment
 from morejax.train.evaluate import evaluate, metric_of
@@ -148,6 +148,8 @@ def training_data(exp: Experiment, s: Setup):
         )
     data = exp.data
     source = load_split(data, data.train_split, data.train_limit, exp.model.num_labels)
+    if source.overlap is not None:
+        s.test_overlap["train"] = source.overlap.as_dict()
     warning = truncation_warning(data, s.kind, source, s.loaded.tokenizer, "train")
     if warning:
         say(warning)
@@ -421,6 +423,7 @@ def summary(exp: Experiment, s: Setup, run: Run, last_eval, workdir: Path, wall:
         "checkpoint": str(run.ckpt.step_dir(best_step)) if best_step is not None else None,
         "init_error": s.init_error,
         "skipped_steps": run.meta.get("skipped_steps", 0),
+        "test_overlap": s.test_overlap or None,
         "workdir": str(workdir),
         "wall_s": round(wall, 2),
     }
@@ -429,33 +432,18 @@ def summary(exp: Experiment, s: Setup, run: Run, last_eval, workdir: Path, wall:
 # LoRA / MoRe / DoRA start at exactly 0 and float32 SVD residuals at ~1e-7; a bf16 residual
 # is ~1e-5 to 1e-3, the size of the minor components that MiLoRA trains.
 INIT_ERROR_WARN = 1e-5
-# Fields that change neither the training trajectory nor the results' meaning.
-RESUME_SAFE = (
-    "name",
-    "log_every",
-    "eval_every",
-    "eval_at_start",
-    "checkpoint_every",
-    "data.num_threads",
-    "data.eval_batch_size",
-)
 
 
-def check_resume_config(old: dict, new: dict, allow: bool, ckpt) -> list[str]:
-    """The fields a resumed run changes; an error naming them unless `allow`."""
-    changed = sorted(
-        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE
-    )
-    if changed and old and new:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
-        if not allow:
-            raise ValueError(
-                f"{ckpt.directory} holds a run of another config ({shown}{more}); use another "
-                "--workdir, or pass --allow-config-change to resume with the new values"
-            )
-        say(f"resuming with a changed config: {shown}{more}")
-    return changed
+def check_resume_config(old: dict, new: dict, allow: bool, ckpt) -> None:
+    """An error naming the fields a resumed run changes, unless `allow`."""
+    changed = config.changes(old, new)
+    if changed and not allow:
+        raise ValueError(
+            f"{ckpt.directory} holds a run of another config ({changed}); use another "
+            "--workdir, or pass --allow-config-change to resume with the new values"
+        )
+    if changed:
+        say(f"resuming with a changed config: {changed}")
 
 
 def total_steps(exp: Experiment, n_train: int) -> int:
