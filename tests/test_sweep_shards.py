@@ -40,7 +40,7 @@ class FakeRun:
 
     def __call__(self, cfg, workdir: Path, **kw):
         self.calls.append(workdir.name)
-        workdir.mkdir(parents=True, exist_ok=True)  # a real run leaves files before crashing
+        config.write_resolved(cfg, workdir)  # a real run leaves files before crashing
         if any(workdir.name.startswith(f) for f in self.fail):
             raise RuntimeError("boom | at step 3\nloss is NaN")
         steps, seeds = config.get_path(cfg, "steps"), config.get_path(cfg, "vmap_seeds")
@@ -156,10 +156,22 @@ def test_collect_lists_missing_and_failed_points(cfg_file, tmp_path, fake, capsy
     assert status["steps=6,seed=0"] == ("failed", "RuntimeError: boom | at step 3 loss is NaN")
     assert status["steps=4,seed=0"][0] == "done" and status["steps=6,seed=2"][0] == "done"
 
-    # Keyed on the resolved config: another --set finds none of these runs.
+    # Keyed on the resolved config: another --set finds none of these runs, says why, and
+    # keeps the table that has more finished points.
+    table = (root / "results.csv").read_text(), (root / "results.md").read_text()
     assert cli.main(_argv(cfg_file, root, False, "--collect", "--set", "eval_every=2")) == 1
-    assert {r["status"] for r in _rows(root / "results.csv")} == {"missing"}
-    assert "6 missing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "6 missing" in out and "kept" in out
+    assert "3 finished points" in out and "eval_every: 4 -> 2" in out
+    assert ((root / "results.csv").read_text(), (root / "results.md").read_text()) == table
+    assert sorted(p.name for p in root.glob(".results*")) == []  # no temporary files left
+
+
+def test_an_empty_shard_prints_no_broken_table(cfg_file, tmp_path, fake, capsys):
+    assert cli.main(_argv(cfg_file, tmp_path, True, "--shard", "3/3")) == 0
+    out = capsys.readouterr().out
+    assert "has no points" in out and "|  |" not in out
+    assert (tmp_path / "results-shard-3-of-3.md").read_text() == "(no points)\n"
 
 
 @pytest.mark.parametrize(

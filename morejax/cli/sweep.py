@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
+import os
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -185,7 +188,8 @@ def cmd_sweep(args) -> int:
             for p in group:
                 rows.append(_row(p, None, None, "failed", error))
     write_table(rows, root, stem)
-    print(markdown(rows))
+    if rows:
+        print(markdown(rows))
     print(f"[sweep] {len(rows)} {what}, {failed} failed; table in {root}/{stem}.csv and .md")
     if failed:
         print("[sweep] rerun the same command to retry the failed points (finished ones are kept)")
@@ -193,15 +197,21 @@ def cmd_sweep(args) -> int:
 
 
 def collect(args, root: Path, groups: list[tuple[dict, list[dict]]]) -> int:
-    """The one table of the current config's points from their folders; trains nothing."""
-    rows = []
+    """The one table of the current config's points from their folders; trains nothing.
+
+    A table with more finished points than this collection is kept (a collection with
+    other `--set` values than the runs finds none of them), and finished points of other
+    configs are counted with the fields they differ in.
+    """
+    rows, expected = [], {}
     for shared, group in groups:
         vector = _is_vector(args, group)
         try:
-            _, name = _point_config(args, shared, group, vector)
+            cfg, name = _point_config(args, shared, group, vector)
         except Exception as e:  # the runner records this point as failed too
             rows += [_row(p, None, None, "failed", _one_line(e)) for p in group]
             continue
+        expected[name] = config.to_json(cfg)
         workdir = root / name
         if (workdir / "results.json").is_file():
             out = json.loads((workdir / "results.json").read_text())
@@ -212,11 +222,25 @@ def collect(args, root: Path, groups: list[tuple[dict, list[dict]]]) -> int:
         else:
             note = "started, not finished (running or stopped)" if workdir.is_dir() else ""
             rows += [_row(p, None, None, "missing", note) for p in group]
-    write_table(rows, root)
     print(markdown(rows))
     bad = {s: [r["point"] for r in rows if r["status"] == s] for s in ("missing", "failed")}
     done = len(rows) - len(bad["missing"]) - len(bad["failed"])
-    print(f"[sweep] collected {done} of {len(rows)} points into {root}/results.csv and .md")
+    kept = finished_in_table(root / "results.csv")
+    if kept > done:
+        print(
+            f"[sweep] collected {done} of {len(rows)} points; kept {root}/results.csv and .md, "
+            f"which hold {kept} finished points"
+        )
+    else:
+        write_table(rows, root)
+        print(f"[sweep] collected {done} of {len(rows)} points into {root}/results.csv and .md")
+    other, differ = finished_elsewhere(root, expected)
+    if other:
+        print(
+            f"[sweep] {other} finished points in {root} were made with another config"
+            + (f" (the runs' value -> this one's: {differ})" if differ else "")
+            + "; collect with the same --set as the runs"
+        )
     for status, names in bad.items():
         if names:
             print(f"[sweep] {len(names)} {status}: {', '.join(names)}")
@@ -229,6 +253,32 @@ def collect(args, root: Path, groups: list[tuple[dict, list[dict]]]) -> int:
     return 0
 
 
+def finished_in_table(path: Path) -> int:
+    """How many points a results table lists as done (0 when there is none)."""
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as f:
+        return sum(row.get("status") == "done" for row in csv.DictReader(f))
+
+
+def finished_elsewhere(root: Path, expected: dict[str, dict]) -> tuple[int, str]:
+    """Finished point folders under `root` that are not this config's `expected` ones, and
+    the fields their saved configs differ in from the same point here (`theirs -> here`)."""
+    if not root.is_dir():
+        return 0, ""
+    by_point = {name.rsplit("-", 1)[0]: flat for name, flat in expected.items()}
+    count, fields = 0, []
+    for d in sorted(root.iterdir()):
+        if d.name in expected or not (d / "results.json").is_file():
+            continue
+        count += 1
+        theirs, here = config.saved(d), by_point.get(d.name.rsplit("-", 1)[0])
+        if theirs and here:
+            fields += config.changed_fields(theirs, here, ignore=())
+    fields = list(dict.fromkeys(fields))
+    return count, ", ".join(fields[:8]) + (f" (+{len(fields) - 8} more)" if len(fields) > 8 else "")
+
+
 def _other_layout(root: Path, vectorize: bool) -> bool:
     """Whether the sweep root holds folders of the other layout (vectorised or not)."""
     if not root.is_dir():
@@ -237,18 +287,30 @@ def _other_layout(root: Path, vectorize: bool) -> bool:
 
 
 def write_table(rows: list[dict], root: Path, stem: str = "results") -> None:
+    """`stem`.csv and .md, each replaced whole: an interrupted write leaves the old table."""
     root.mkdir(parents=True, exist_ok=True)
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    with open(root / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    (root / f"{stem}.md").write_text(markdown(rows) + "\n")
+    text = io.StringIO()
+    w = csv.DictWriter(text, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    _replace(root / f"{stem}.csv", text.getvalue())
+    _replace(root / f"{stem}.md", markdown(rows) + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, newline=""
+    ) as f:
+        f.write(text)
+    os.replace(f.name, path)
 
 
 def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(no points)"
     cols = []
     for r in rows:
         cols += [k for k in r if k not in cols and k != "workdir"]

@@ -784,16 +784,20 @@ RESUME_SAFE = (
 )
 
 
+def changed_fields(old: Mapping, new: Mapping, ignore: Iterable[str] = RESUME_SAFE) -> list[str]:
+    """`path: old -> new` per field (`to_json` form) where `new` changes a run made with `old`,
+    `ignore`d fields left out; none when either is unknown (empty)."""
+    if not (old and new):
+        return []
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignore)
+    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
+
+
 def changes(old: Mapping, new: Mapping) -> str:
-    """The fields (`to_json` form) where `new` changes a run made with `old`, as
-    `path: old -> new` text; empty when none matters (or either is unknown)."""
-    changed = sorted(
-        k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUME_SAFE
-    )
-    if not (changed and old and new):
-        return ""
-    shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-    return shown + (f" (+{len(changed) - 8} more)" if len(changed) > 8 else "")
+    """The `changed_fields` that matter to a resumed or evaluated run, as one line."""
+    changed = changed_fields(old, new)
+    more = f" (+{len(changed) - 8} more)" if len(changed) > 8 else ""
+    return ", ".join(changed[:8]) + more
 
 
 def shared_dir(*parts: str) -> str | None:
