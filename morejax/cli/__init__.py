@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 __all__ = ["build_parser", "error_line", "main", "run"]
@@ -22,16 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="morejax", description="Parameter-efficient fine-tuning in JAX/Flax."
     )
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="show the traceback of an error (also MOREJAX_DEBUG=1)",
-    )
+    debug_help = "show the traceback of an error (also MOREJAX_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     train.register(subparsers)
     sweep.register(subparsers)
     generate.add_generate_parser(subparsers)
     interop.register(subparsers)
+    for sub in subparsers.choices.values():  # `morejax params CFG --debug` works too
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser
 
 
@@ -55,7 +55,8 @@ def error_line(e: BaseException) -> str:
 
 
 def run(args, debug: bool = False) -> int:
-    """Run a parsed command; user errors become one line and exit code 2."""
+    """Run a parsed command; user errors become one line and exit code 2 (with `debug`,
+    the traceback first: the exit code does not depend on it)."""
     debug = debug or os.environ.get("MOREJAX_DEBUG", "").strip() not in ("", "0")
     try:
         if args.command in COMPILING:
@@ -65,8 +66,10 @@ def run(args, debug: bool = False) -> int:
         return args.func(args)
     except USER_ERRORS as e:
         if debug:
-            raise
-        print(f"error: {error_line(e)} (--debug for the traceback)", file=sys.stderr)
+            traceback.print_exc()
+            print(f"error: {error_line(e)}", file=sys.stderr)
+        else:
+            print(f"error: {error_line(e)} (--debug for the traceback)", file=sys.stderr)
         return 2
 
 

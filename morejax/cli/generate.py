@@ -41,9 +41,15 @@ def load_model(name: str, *, scan_layers: bool = True, dtype=None, param_dtype=N
         tokenizer.chat_template = None
         return LlamaForCausalLM(config), params, tokenizer
 
+    from morejax.models.llama import LlamaConfig
     from morejax.models.registry import load_pretrained
 
     p = load_pretrained(name, scan_layers=scan_layers, dtype=dtype, param_dtype=param_dtype)
+    if not isinstance(p.config, LlamaConfig):
+        raise ValueError(
+            f"{name} is an encoder ({type(p.config).__name__}), not a causal LM: generate with "
+            "smollm2-135m, a .gguf file or a Hugging Face LLaMA folder"
+        )
     return p.model, p.params, p.tokenizer
 
 

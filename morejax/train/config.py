@@ -186,6 +186,8 @@ def load_module(path: str | Path):
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.suffix != ".py":
+        raise ValueError(f"{path} is not a config file (a .py file defining config())")
     for p in (str(path.parent.parent), str(path.parent)):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -193,7 +195,10 @@ def load_module(path: str | Path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ValueError(f"{path} is not valid Python (line {e.lineno}: {e.msg})") from e
     if not hasattr(module, "config"):
         raise ValueError(f"{path} defines no config() function")
     return module
