@@ -4,21 +4,22 @@
 #   python -m morejax.cli train configs/math_smollm2.py --set scale=paper \
 #     --set model.checkpoint=/path/to/llama-2-7b --set mesh.model=8 --workdir runs/math7b
 """MiLoRA's arithmetic table at small scale: SmolLM2-135M (float32, dequantised from its
-GGUF) on ft-training_set/math_data.json (3,260 worked problems less 163 held out), scored on
+GGUF) on GSM8K's training split (../shared/data/gsm8k/train.jsonl: 7,473 worked problems less
+200 held out, none of them a problem of the scored sets), scored on
 gsm8k, AQuA, AddSub, MultiArith, SingleEq, SVAMP and mawps by greedy generation and
 numeric / option answer extraction. `method` in lora|pissa|milora|dora|more|more_minor on
 q,k,v,up,down at the budget of a rank-8 LoRA (1,658,880 params, 1.23% of 134.5M; the paper's
 r=64 is 1.67% of LLaMA-2-7B, twice its commonsense budget, as here).
 CPU sizing (2.5 h per table on 2 cores, from `experiments/reasoning_tables.py --measure`):
-14 steps of batch 16 (224 examples, 7% of an epoch), sequences up to 288 tokens, 24 test
-records per set, at most 160 new tokens (worked answers average 77 tokens, 95% are under
-140; decoding stops at EOS). `LR` is each method's default; the driver trains it and 3x it
+14 steps of batch 16 (224 examples, 3% of an epoch), sequences up to 288 tokens (5% of GSM8K's
+prompt + solution are longer and are cut), 24 test records per set, at most 160 new tokens
+(decoding stops at EOS). `LR` is each method's default; the driver trains it and 3x it
 as one vectorised program and keeps the lower validation loss. `scale=paper` runs the
 paper's recipe unchanged."""
 
 from configs import common
 
-TASK = "math_data"
+TASK = "gsm8k_train"
 LR = {"lora": 1e-3, "pissa": 3e-4, "milora": 1e-3, "dora": 1e-3, "more": 1e-3, "more_minor": 1e-3}
 
 

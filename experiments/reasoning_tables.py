@@ -157,6 +157,16 @@ def weights_digest(params) -> str:
 # ----------------------------------------------------------------------------- the plan
 
 
+# What the points finished before `train_data` was recorded were trained on. math_data.json
+# turned out to be the arithmetic test sets themselves; its points are kept, for comparison
+# only, in results/math_small_math_data/.
+LEGACY_TRAIN_DATA = {
+    "commonsense": "boolq+ARC-Easy+ARC-Challenge+openbookqa",
+    "math": "math_data",
+}
+CONTAMINATED = {"math": "math_small_math_data"}
+
+
 @dataclasses.dataclass
 class Plan:
     table: Table
@@ -169,6 +179,7 @@ class Plan:
     overrides: tuple[str, ...]
     out: Path  # results/<table>_small
     runs: Path
+    train_data: str  # the config's data.task
 
     @property
     def sets(self) -> tuple[str, ...]:
@@ -187,6 +198,7 @@ class Plan:
             "tokens": self.tokens,
             "reduced": self.reduced,
             "overrides": list(self.overrides),
+            "train_data": self.train_data,
         }
 
     def config_overrides(self, method: str) -> dict:
@@ -255,6 +267,7 @@ def run_train(plan: Plan, method: str, micro_batches: int | None = None) -> dict
         "val_loss": [float(m.get("loss", math.nan)) for m in final],
         "steps": out["steps"],
         "init_error": out["init_error"],
+        "test_overlap": out.get("test_overlap"),
         "micro_batches": cfg.micro_batches,
         "workdir": str(workdir),
         "wall_s": round(time.time() - start, 1),
@@ -394,9 +407,11 @@ def point_path(plan: Plan, name: str) -> Path:
 def point(plan: Plan, name: str) -> dict | None:
     """A finished point's record, or None when missing or made with other settings."""
     rec = read_json(point_path(plan, name))
-    if rec is None or rec.get("settings") != plan.settings():
+    if rec is None:
         return None
-    return rec
+    settings = dict(rec.get("settings") or {})
+    settings.setdefault("train_data", LEGACY_TRAIN_DATA.get(plan.table.name))
+    return rec if settings == plan.settings() else None
 
 
 def table_points(plan: Plan) -> list[str]:
@@ -503,7 +518,8 @@ PAPER = {
 
 DIFFERS = {
     "commonsense": "4 of the 8 sets (the others have no train file here)",
-    "math": "math_data (3,260 problems) instead of math_10k",
+    "math": "GSM8K's training split (7,473 problems, worked solutions without their "
+    "calculator annotations) instead of math_10k",
 }
 
 
@@ -586,6 +602,70 @@ def sizing_note(plan: Plan) -> str:
     )
 
 
+def overlap_note(plan: Plan, recs: dict) -> str:
+    """Train/test overlap of the table's training file, computed now from the data, and
+    whether its finished points were trained with the guard (morejax.data.overlap)."""
+    from morejax.data import overlap, reasoning
+    from morejax.train.inputs import scored_sets
+
+    from_config = load_exp(plan, plan.methods[0])[1].data
+    sets = tuple(dict.fromkeys((*scored_sets(from_config), *plan.sets, *UNSEEN)))
+    counts = {}
+    for split in ("train", "validation"):
+        guard = overlap.Guard(sets)
+        reasoning.load_examples(plan.train_data, split, keep=guard.keep)
+        counts[split] = guard.report(split)
+    scored = {
+        overlap.record_key(r) for recs_ in test_records(plan, plan.sets).values() for r in recs_
+    }
+    train_keys = {
+        overlap.record_key(r)
+        for split in ("train", "validation")
+        for r in reasoning.load_split_records(plan.train_data, split, required=("instruction",))
+    }
+    in_scored = len(scored & train_keys)
+    trained = [r for n, r in recs.items() if n.startswith("train/") and r]
+    guarded = [r for r in trained if r.get("test_overlap") is not None]
+    text = (
+        f"Train/test overlap (`morejax.data.overlap`: normalised instruction + input, against the "
+        f"full test files of {', '.join(sets)}): "
+        + "; ".join(f"{c.dropped} of {c.total} {s} records" for s, c in counts.items())
+        + f"; {in_scored} of the {len(scored)} scored test records occur in the training file. "
+    )
+    if len(guarded) == len(trained):
+        return text + "Every training point ran with the guard, which drops such records."
+    return text + (
+        f"{len(trained) - len(guarded)} of the {len(trained)} training points ran before the "
+        "guard existed and trained on every record of the file, these included."
+    )
+
+
+def before_and_after(plan: Plan, tests: dict, cols: list) -> list[str]:
+    """The same test subsets, scored after training on the contaminated file (math_data)."""
+    folder = CONTAMINATED.get(plan.table.name)
+    if plan.reduced or folder is None or not (plan.out.parent / folder).is_dir():
+        return []
+    old = {
+        m: read_json(plan.out.parent / folder / f"test__{m}.json") for m in ("base", *plan.methods)
+    }
+    lines = [
+        f"Before and after (averages over {', '.join(plan.sets)}; same test subsets, same "
+        f'decoding). "before": trained on {LEGACY_TRAIN_DATA[plan.table.name]}.json, whose '
+        "every record is a problem of these test sets (the 2026-12-05 table, its points in "
+        f'results/{folder}/); "after": trained on {plan.train_data}.',
+        "",
+        "| method | before | after | change |",
+        "|---|---|---|---|",
+    ]
+    for m in ("base", *plan.methods):
+        was = (old.get(m) or {}).get("scores", {}).get("average")
+        now = (tests.get(m) or {}).get("scores", {}).get("average")
+        change = f"{100 * (now - was):+.1f}" if was is not None and now is not None else "…"
+        label = "untuned" if m == "base" else LABELS[m]
+        lines += [f"| {label} | {fmt(was)} | {fmt(now)} | {change} |"]
+    return lines + [""]
+
+
 def write_table_md(plan: Plan, command: str) -> Path:
     t = plan.table
     names = table_points(plan)
@@ -607,7 +687,9 @@ def write_table_md(plan: Plan, command: str) -> Path:
             f"name), greedy decoding with the KV cache, at most {plan.tokens} new tokens, "
             "stopping at EOS; LLM-Adapters prompts and answer extraction. Learning rate per "
             f"method: the lowest validation loss of {FACTORS} x the "
-            "config's default (validation: held-out training records, never a test set).",
+            "config's default (validation: held-out training records).",
+            "",
+            overlap_note(plan, recs),
             "",
         ],
     )
@@ -653,6 +735,7 @@ def write_table_md(plan: Plan, command: str) -> Path:
             cells.append(f"{lr:g}: {r['val_loss'][i]:.4f}" if r else f"{lr:g}: …")
         lines += [f"| {LABELS[m]} | " + " | ".join(cells) + " |"]
     lines += ["", sizing_note(plan), ""]
+    lines += before_and_after(plan, tests, cols)
     lines += [f"Missing points ({len(missing)}): " + (", ".join(missing) or "none"), ""]
     path = ROOT / "results" / f"{t.name}_small.md" if not plan.reduced else plan.out / "table.md"
     write_report(path, "\n".join(lines) + "\n")  # the reading written below it stays
@@ -745,6 +828,7 @@ def make_plan(name: str, args) -> Plan:
         tuple(args.overrides),
         out,
         Path(args.workdir),
+        cfg.data.task,
     )
 
 

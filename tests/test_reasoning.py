@@ -116,7 +116,7 @@ def test_unknown_set_lists_valid_names():
 
 def test_bad_contents_name_file_and_problem(tmp_path):
     empty = write(tmp_path / "empty.json", [])
-    with pytest.raises(ValueError, match=r"empty\.json: .*empty list"):
+    with pytest.raises(ValueError, match=r"empty\.json: .*no records \(an empty list"):
         R.load_records(empty)
     renamed = write(
         tmp_path / "renamed.json", [rec(), {"question": "q", "output": "", "answer": ""}]
@@ -147,7 +147,7 @@ def prompts(examples):
     "where,name",
     [
         ("commonsense_170k.json", "commonsense_170k"),
-        ("ft-training_set/math_data.json", "math_data"),
+        ("ft-training_set/math_10k.json", "math_10k"),
         ("boolq/train.json", "boolq"),
     ],
 )
@@ -190,9 +190,9 @@ def test_test_split_of_a_mixture_names_the_sets_to_generate_on(tmp_path):
         ValueError, match=f"evaluated per set by generation .*{math_sets}.*data.generate_sets"
     ):
         R.load_examples("math_10k", "test", tmp_path)
-    path = write(tmp_path / "ft-training_set" / "math_data.json", [rec()] * 30)
+    path = write(tmp_path / "ft-training_set" / "math_14k.json", [rec()] * 30)
     with pytest.raises(
-        ValueError, match="math_data.json' is a training mixture.*data.generate_sets"
+        ValueError, match="math_14k.json' is a training mixture.*data.generate_sets"
     ):
         R.load_examples(path, "test")
     with pytest.raises(ValueError, match="boolq/train.json is a training file.*'validation'"):
@@ -207,22 +207,52 @@ def test_mixture_test_sets():
     assert len(R.mixture_test_sets("commonsense_15k")) == 8
     math_sets = ("gsm8k", "AQuA", "AddSub", "MultiArith", "SingleEq", "SVAMP", "mawps")
     assert R.mixture_test_sets("math_10k") == math_sets
-    assert R.mixture_test_sets("/data/ft-training_set/math_data.json") == math_sets
+    assert R.mixture_test_sets("/data/ft-training_set/math_50k.json") == math_sets
+    assert R.mixture_test_sets("gsm8k_train") == math_sets
+    assert R.mixture_test_sets("/data/gsm8k/train.jsonl") == math_sets
     assert R.mixture_test_sets("arc-easy") == ("ARC-Easy",)
     assert R.mixture_test_sets("/data/boolq/train.json") == ("boolq",)
     with pytest.raises(ValueError, match="no test sets known for 'alpaca'"):
         R.mixture_test_sets("alpaca")
 
 
-def test_real_math_data_splits(shared_data):
+def test_real_gsm8k_train_splits(shared_data):
+    everything = R.load_records(shared_data / "gsm8k" / "train.jsonl", "train")
     root = shared_data / "llm-adapters"
-    everything = R.load_records(root / "ft-training_set" / "math_data.json", "train")
-    train = R.load_split_records("math_data", "train", root)
-    val = R.load_split_records("math_data", "validation", root)
-    assert len(everything) == 3260 and len(val) == 163 and len(train) == 3260 - 163
+    train = R.load_split_records("gsm8k_train", "train", root)
+    val = R.load_split_records("gsm8k_train", "validation", root)
+    assert len(everything) == 7473 and len(val) == 200 and len(train) == 7473 - 200
     key = lambda r: (r["instruction"], r["output"])  # noqa: E731
     assert not {key(r) for r in train} & {key(r) for r in val}
     assert sorted(map(key, train + val)) == sorted(map(key, everything))
+    first = everything[0]
+    assert first["answer"] == "72" and first["output"].endswith("The answer is 72.")
+    assert "<<" not in first["output"] and "####" not in first["output"]
+
+
+def test_gsm8k_lines_become_records(tmp_path):
+    line = {
+        "question": "  Tom has 3 apples and buys 1,200 more. How many now?\n",
+        "answer": "He has 3+1200=<<3+1200=1203>>1203 apples.\n#### 1,203",
+    }
+    path = tmp_path / "mine" / "train.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps(line) + "\n\n" + json.dumps(line) + "\n")
+    recs = R.load_records(path, "train")
+    assert recs[0] == {
+        "instruction": "Tom has 3 apples and buys 1,200 more. How many now?",
+        "input": "",
+        "output": "He has 3+1200=1203 apples.\nThe answer is 1203.",
+        "answer": "1203",
+    }
+    assert len(recs) == 2  # blank lines are skipped
+    assert R.is_correct("gsm8k", R.extract_answer("gsm8k", recs[0]["output"]), "1203")
+    path.write_text(json.dumps({"question": "q", "answer": "no final line"}) + "\n")
+    with pytest.raises(ValueError, match=r"record 0 is not a GSM8K line.*'#### N'"):
+        R.load_records(path, "train")
+    path.write_text('{"question": "q", "answer": "#### 1"}\n{oops\n')
+    with pytest.raises(ValueError, match="train.jsonl: line 2 is not valid JSON"):
+        R.load_records(path, "train")
 
 
 @pytest.mark.parametrize(

@@ -76,10 +76,12 @@ MATH_SETS = (
     "mawps",
     "mathqa",
 )
-# LLM-Adapters' training mixtures (ft-training_set/*.json); users bring their own copy
-# (math_data, the 3,260-problem predecessor of math_10k, is in the shared data copy).
+# LLM-Adapters' training mixtures (ft-training_set/*.json); users bring their own copy.
+# math_data.json (in the shared copy) is not a training set: every record of it is a test
+# record of the arithmetic sets. gsm8k_train is GSM8K's own training split (gsm8k/train.jsonl
+# beside the LLM-Adapters folder), read from its {"question", "answer"} lines.
 COMMONSENSE_MIXTURES = ("commonsense_170k", "commonsense_15k")
-MATH_MIXTURES = ("math_10k", "math_14k", "math_50k", "math_data")
+MATH_MIXTURES = ("math_10k", "math_14k", "math_50k", "math_data", "gsm8k_train")
 MIXTURES = COMMONSENSE_MIXTURES + MATH_MIXTURES
 # The sets the papers score each kind of mixture on (MoRe / LLM-Adapters / MiLoRA tables).
 MATH_TEST_SETS = ("gsm8k", "AQuA", "AddSub", "MultiArith", "SingleEq", "SVAMP", "mawps")
@@ -174,7 +176,7 @@ def resolve_path(
     separator is taken as a file path.
     """
     s = os.fspath(name_or_path)
-    if s.endswith(".json") or os.sep in s or "/" in s:
+    if s.endswith((".json", ".jsonl")) or os.sep in s or "/" in s:
         p = Path(s)
         if not p.is_file():
             raise FileNotFoundError(f"LLM-Adapters data file not found: {p}")
@@ -186,7 +188,9 @@ def resolve_path(
             "(or pass a path to a .json file)"
         )
     base = data_dir(root)
-    if name in MIXTURES:
+    if name == "gsm8k_train":
+        candidates = [base / "gsm8k_train.jsonl", base.parent / "gsm8k" / "train.jsonl"]
+    elif name in MIXTURES:
         candidates = [
             base / f"{name}.json",
             base / "ft-training_set" / f"{name}.json",
@@ -204,6 +208,48 @@ def resolve_path(
     )
 
 
+def _read_rows(path: Path) -> list:
+    """A JSON list (.json) or one JSON object per line (.jsonl)."""
+    if path.suffix != ".jsonl":
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        return data
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}: line {line_no} is not valid JSON ({e})") from None
+    return rows
+
+
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+_FINAL_RE = re.compile(r"\n?####\s*(.+?)\s*$")
+
+
+def from_gsm8k(row: Mapping) -> dict:
+    """A GSM8K line as an LLM-Adapters record: the question is the instruction, the worked
+    solution without its calculator annotations the response (its '#### N' line becomes
+    'The answer is N.', as in LLM-Adapters' math data), and N the answer."""
+    question, solution = row["question"], row["answer"]
+    if not isinstance(question, str) or not isinstance(solution, str):
+        raise ValueError("'question' and 'answer' must be strings")
+    m = _FINAL_RE.search(solution)
+    if m is None:
+        raise ValueError("the answer has no final '#### N' line")
+    answer = m.group(1).replace(",", "")
+    steps = _CALCULATOR_RE.sub("", solution[: m.start()]).strip()
+    output = (steps + "\n" if steps else "") + f"The answer is {answer}."
+    return {"instruction": question.strip(), "input": "", "output": output, "answer": answer}
+
+
 def load_records(
     name_or_path: str | os.PathLike,
     split: str = "test",
@@ -211,26 +257,29 @@ def load_records(
     *,
     required: Sequence[str] = KEYS,
 ) -> list[dict]:
-    """Reads and checks one JSON list of records; errors name the file and the problem."""
+    """Reads and checks one file of records; errors name the file and the problem.
+
+    LLM-Adapters records ({instruction, input, output, answer}) in a JSON list or JSONL, or
+    GSM8K lines ({question, answer}, converted by ``from_gsm8k``)."""
     path = resolve_path(name_or_path, split, root)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    data = _read_rows(path)
     if not data:
-        raise ValueError(f"{path}: the file holds an empty list (no records)")
+        raise ValueError(f"{path}: the file holds no records (an empty list or file)")
     records = []
     for i, r in enumerate(data):
         if not isinstance(r, dict):
             raise ValueError(f"{path}: record {i} is a {type(r).__name__}, not an object")
+        if "question" in r and not {"instruction", "output"} & set(r):
+            try:
+                r = from_gsm8k(r)
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"{path}: record {i} is not a GSM8K line ({e})") from None
         missing = [k for k in required if k not in r]
         if missing:
             raise ValueError(
                 f"{path}: record {i} lacks key(s) {', '.join(map(repr, missing))}; "
-                f"it has {sorted(r)}; LLM-Adapters records need {list(required)}"
+                f"it has {sorted(r)}; LLM-Adapters records need {list(required)} (GSM8K "
+                "lines need 'question' and 'answer')"
             )
         rec = {k: r.get(k, "") for k in KEYS}
         for k in ("instruction", "input", "output"):
@@ -284,7 +333,12 @@ def _mixture_of(name_or_path: str | os.PathLike) -> str | None:
     """The mixture a name or file stands for (by name or file stem), else None."""
     s = os.fspath(name_or_path)
     p = Path(s)
-    names = [s] if not s.endswith(".json") else [p.stem, p.parent.name if p.stem == "train" else ""]
+    if p.suffix == ".jsonl" and p.stem == "train" and p.parent.name.lower() == "gsm8k":
+        return "gsm8k_train"
+    if not s.endswith((".json", ".jsonl")):
+        names = [s]
+    else:
+        names = [p.stem, p.parent.name if p.stem == "train" else ""]
     for name in map(_canonical, names):
         if name in MIXTURES:
             return name
@@ -297,13 +351,15 @@ def _is_training_file(name_or_path: str | os.PathLike) -> bool:
     if _mixture_of(s) is not None:
         return True
     p = Path(s)
-    return s.endswith(".json") and (p.stem == "train" or p.parent.name == "ft-training_set")
+    return s.endswith((".json", ".jsonl")) and (
+        p.stem == "train" or p.parent.name == "ft-training_set"
+    )
 
 
 def mixture_test_sets(name: str | os.PathLike) -> tuple[str, ...]:
     """The sets whose test.json the papers score a training file on, one accuracy each.
 
-    Commonsense mixtures: the 8 commonsense sets; math mixtures (math_data.json
+    Commonsense mixtures: the 8 commonsense sets; math mixtures (GSM8K's training split
     included): the 7 arithmetic sets of the MiLoRA / LLM-Adapters tables. A single
     set (a name or ``<set>/train.json``) is scored on its own test file.
     """
@@ -397,7 +453,7 @@ def _test_of_training_file(s: str) -> ValueError:
 def _parts(name_or_path) -> list[str] | None:
     """The files of a '+'-joined mixture name, or None for a single name or path."""
     s = os.fspath(name_or_path)
-    if "+" not in s or s.endswith(".json"):
+    if "+" not in s or s.endswith((".json", ".jsonl")):
         return None
     parts = [p.strip() for p in s.split("+")]
     if any(not p for p in parts):
@@ -454,18 +510,26 @@ def load_examples(
     style: str = "alpaca",
     required: Sequence[str] = KEYS,
     holdout: int | float | None = None,
+    keep: Callable[[dict], bool] | None = None,
 ) -> list[dict]:
-    """One split of a set or mixture as pipeline examples (splits: ``load_split_records``)."""
+    """One split of a set or mixture as pipeline examples (splits: ``load_split_records``).
+
+    ``keep(record)`` filters records after the split (the held-out slice does not move):
+    ``morejax.data.overlap.Guard.keep`` drops test problems."""
     parts = _parts(name_or_path)
     if parts is not None:
         if split == "test":
             load_split_records(name_or_path, split, root)  # the error that names the sets
         each = [
-            load_examples(p, split, root, style=style, required=required, holdout=holdout)
+            load_examples(
+                p, split, root, style=style, required=required, holdout=holdout, keep=keep
+            )
             for p in parts
         ]
         return _interleave(each) if split == "validation" else [e for x in each for e in x]
     records = load_split_records(name_or_path, split, root, required=required, holdout=holdout)
+    if keep is not None:
+        records = [r for r in records if keep(r)]
     return to_examples(records, _set_label(name_or_path), style)
 
 

@@ -6,7 +6,9 @@ pins it; a split whose examples would be cut at `data.max_len` says so.
 
 from __future__ import annotations
 
+from morejax.data import overlap
 from morejax.train.config import Experiment
+from morejax.train.logger import say
 from morejax.train.model import PACKED_KEYS
 
 
@@ -31,7 +33,10 @@ def batch_keys(data, kind: str) -> tuple[str, ...]:
 
 
 class Head:
-    """The first `limit` examples of a random-access source (smoke runs, tests)."""
+    """The first `limit` examples of a random-access source (smoke runs, tests); `overlap`
+    is what the test-overlap guard dropped from it (reasoning train/validation splits)."""
+
+    overlap: overlap.Overlap | None = None
 
     def __init__(self, source, limit: int | None):
         self.source, self.n = source, len(source) if limit is None else min(limit, len(source))
@@ -63,11 +68,28 @@ def load_split(data, split: str, limit: int | None, num_labels: int | None = Non
         )
         if num_labels is not None:
             glue.check_labels(data.task, source, num_labels, split)
-    else:
-        from morejax.data import reasoning
+        return Head(source, limit)
+    from morejax.data import reasoning
 
-        source = reasoning.load_examples(data.task, split, data.local_dir)
-    return Head(source, limit)
+    if split == "test":
+        return Head(reasoning.load_examples(data.task, split, data.local_dir), limit)
+    guard = overlap.Guard(scored_sets(data), data.local_dir, allow=data.allow_test_overlap)
+    head = Head(reasoning.load_examples(data.task, split, data.local_dir, keep=guard.keep), limit)
+    head.overlap = guard.report(split)
+    say(head.overlap.line(data.task))
+    return head
+
+
+def scored_sets(data) -> tuple[str, ...]:
+    """The test sets a reasoning run's records are checked against: those it generates on,
+    and those the papers score its training file on."""
+    from morejax.data import reasoning
+
+    try:
+        papers = reasoning.mixture_test_sets(data.task)
+    except ValueError:  # a file of the user's with no known sets
+        papers = ()
+    return tuple(dict.fromkeys((*data.generate_sets, *papers)))
 
 
 def data_seed(data, seed: int) -> int:

@@ -73,6 +73,7 @@ class Setup:
     n_members: int | None
     dev_batches: dict
     init_error: float | None = None
+    test_overlap: dict = dataclasses.field(default_factory=dict)  # split -> Overlap.as_dict()
 
 
 def with_fresh_head(loaded: Loaded, seed: int):
@@ -149,9 +150,11 @@ def setup(exp: Experiment) -> Setup:
     granule = math.lcm(mesh.shape["data"], jax.process_count())
     eval_bs = int(math.ceil(exp.data.eval_batch_size / granule) * granule)
     keys = batch_keys(exp.data, kind)
-    dev = {}
+    dev, overlaps = {}, {}
     for split in eval_splits(exp.data):
         source = load_split(exp.data, split, exp.data.eval_limit, exp.model.num_labels)
+        if source.overlap is not None:
+            overlaps[split] = source.overlap.as_dict()
         warning = truncation_warning(exp.data, kind, source, loaded.tokenizer, split)
         if warning:
             say(warning)
@@ -179,9 +182,8 @@ def setup(exp: Experiment) -> Setup:
     del member_params
     loaded.params = None
     base = distributed.put(base, base_sharding(mesh, base))
-    return Setup(
-        mesh, kind, loaded, base, adapters, seeds, lrs, len(seeds) if vec else None, dev, error
-    )
+    n = len(seeds) if vec else None
+    return Setup(mesh, kind, loaded, base, adapters, seeds, lrs, n, dev, error, overlaps)
 
 
 def param_summary(exp: Experiment):
