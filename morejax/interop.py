@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import warnings
@@ -412,9 +413,7 @@ def export_peft(
         "layers_pattern": None,
     }
     out.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-
-    save_file(tensors, str(out / PEFT_WEIGHTS), metadata={"format": "pt"})
+    _save_tensors(tensors, out / PEFT_WEIGHTS, {"format": "pt"})
     (out / PEFT_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     if svd:
         note = (
@@ -424,6 +423,16 @@ def export_peft(
         )
         (out / "README.md").write_text(f"PiSSA/MiLoRA export from morejax: {note}.\n")
     return out
+
+
+def _save_tensors(tensors: dict, path: Path, metadata: dict) -> None:
+    """safetensors' file with the permissions any written file gets (the library's is 0600)."""
+    from safetensors.numpy import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 # ----------------------------------------------------------------------------- merged export
@@ -519,9 +528,7 @@ def export_more(base, adapters, config, out_dir, *, base_model_name_or_path=None
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-
-    save_file(tensors, str(out / MORE_WEIGHTS), metadata={"format": "morejax-more"})
+    _save_tensors(tensors, out / MORE_WEIGHTS, {"format": "morejax-more"})
     (out / MORE_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 

@@ -482,21 +482,31 @@ class ParamSummary:
         return self.base_params + self.other_trainable
 
     def table(self) -> str:
+        """One row per adapted or trainable leaf (layers in numeric order), then the totals."""
         w = max([len(r.path) for r in self.rows] + [4])
-        lines = [f"{'path':<{w}}  {'shape':<22} {'method':<40} {'trainable':>12}"]
-        for r in self.rows:
-            lines.append(f"{r.path:<{w}}  {str(r.shape):<22} {r.method:<40} {r.trainable:>12,}")
+        m = max([len(r.method) for r in self.rows] + [6])
+        lines = [f"{'path':<{w}}  {'shape':<22} {'method':<{m}} {'trainable':>12}"]
+        for r in sorted(self.rows, key=lambda r: _natural(r.path)):
+            lines.append(f"{r.path:<{w}}  {str(r.shape):<22} {r.method:<{m}} {r.trainable:>12,}")
+        return "\n".join(lines + ["", self.totals()])
+
+    def totals(self) -> str:
         pct = 100.0 * self.adapter_params / max(self.model_params, 1)
-        lines += [
-            "",
-            f"adapter params:        {self.adapter_params:>15,}  ({pct:.3f}% of the model)",
-            f"other trainable:       {self.other_trainable:>15,}  (heads, norms, full kernels)",
-            f"model params:          {self.model_params:>15,}",
-        ]
-        return "\n".join(lines)
+        return "\n".join(
+            [
+                f"adapter params:        {self.adapter_params:>15,}  ({pct:.3f}% of the model)",
+                f"other trainable:       {self.other_trainable:>15,}  (heads, norms, full kernels)",
+                f"model params:          {self.model_params:>15,}",
+            ]
+        )
 
     def __str__(self) -> str:
         return self.table()
+
+
+def _natural(path: str) -> list:
+    """A sort key that puts layers_2 before layers_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
 
 
 def summarize(base, adapters) -> ParamSummary:

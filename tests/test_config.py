@@ -125,8 +125,10 @@ def _totals(capsys, path, *sets):
         argv += ["--set", s]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
+    assert "% of the model" in out
     return {
-        line.split(":")[0]: int(line.split(":")[1].replace(",", "")) for line in out.splitlines()
+        line.split(":")[0]: int(line.split(":")[1].split("(")[0].replace(",", ""))
+        for line in out.splitlines()
     }
 
 

@@ -300,6 +300,29 @@ def test_tiny_llama_with_scanned_layers_exports_peft_and_merged(tmp_path):
     )
 
 
+def test_exports_have_normal_permissions_and_name_the_base_model_as_given(tmp_path):
+    from morejax.cli.interop import _base_name
+    from morejax.train.config import Model
+
+    cfg = llama.LlamaConfig(
+        vocab_size=64, hidden_size=16, num_layers=1, num_heads=2, num_kv_heads=2,
+        intermediate_size=24, max_seq_len=8,
+    )  # fmt: skip
+    params = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), llama.abstract_params(cfg))
+    lora = {r".*/q_proj/kernel": morejax.LoRA(rank=2)}
+    more = {r".*/q_proj/kernel": morejax.MoRe(nblocks=2, rank=2)}
+    key = jax.random.key(0)
+    interop.export_peft(*morejax.adapt(params, lora, key), cfg, tmp_path / "peft")
+    interop.export_more(*morejax.adapt(params, more, key), cfg, tmp_path / "more")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.suffix for p in written} == {".json", ".safetensors"}
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o644)}  # umask 022
+
+    assert _base_name(Model(name="minilm-l6")) == "minilm-l6"
+    assert _base_name(Model(checkpoint="models/bert-base")) == "models/bert-base"
+    assert _base_name(Model(pretrained=False)) is None
+
+
 # ----------------------------------------------------------------------------- errors
 
 

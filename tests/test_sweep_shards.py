@@ -199,3 +199,8 @@ def test_shard_and_collect_together_is_an_error(cfg_file, tmp_path, fake, capsys
     assert cli.main(argv) == 2
     assert "drop --shard" in capsys.readouterr().err
     assert fake.calls == []
+
+
+def test_tables_show_seconds_and_scores_with_their_own_precision():
+    table = sweep.markdown([{"point": "a", "best": 0.853214, "wall_s": 55.11}])
+    assert table.splitlines()[-1] == "| a | 0.8532 | 55.1 |"

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,7 @@ import pytest
 
 import morejax
 from morejax import cli
-from morejax.cli.train import run_one
+from morejax.cli.train import report, run_one
 from morejax.train import config, loop, optim
 from morejax.train import step as steps
 
@@ -377,3 +378,37 @@ def test_lm_loss_is_the_shifted_token_nll():
     np.testing.assert_array_equal(got_n, mask.sum(-1))
     half, _ = steps.per_example_loss(jnp.asarray(logits, jnp.bfloat16), batch, "lm")
     np.testing.assert_allclose(half, (nll * mask).sum(-1), rtol=2e-2, atol=5e-2)
+
+
+# ----------------------------------------------------------------------------- issue 29, item 5
+
+
+def _run(tmp_path, latest):
+    ckpt = SimpleNamespace(latest_step=lambda: latest, step_dir=lambda s: tmp_path / str(s))
+    meta = {"best": None, "best_step": None, "best_members": None}
+    return SimpleNamespace(step=120, steps=900, checked=0, skip_nonfinite=False, meta=meta,
+                           metric="score", leaf_names=["a/kernel/L"], ckpt=ckpt)  # fmt: skip
+
+
+def test_a_nonfinite_step_before_any_checkpoint_says_so(tmp_path):
+    window = [{"finite": np.array(False), "leaf_finite": np.array([False])}]
+    with pytest.raises(loop.NonFiniteError) as e:
+        loop.check_finite(_run(tmp_path, None), window)
+    assert "no checkpoint yet" in str(e.value) and "None" not in str(e.value)
+
+
+def test_a_stopped_run_reports_its_latest_checkpoint(tmp_path, capsys):
+    s = SimpleNamespace(n_members=None, init_error=0.0, seeds=[0], lrs=[1e-3], test_overlap={})
+    out = loop.summary(SimpleNamespace(name="x"), s, _run(tmp_path, 120), None, tmp_path, 55.11)
+    report(out, tmp_path)
+    printed = capsys.readouterr().out
+    assert f"adapter checkpoint: {tmp_path / '120'} (latest" in printed
+    assert "none yet" not in printed and "wall time 55 s, 120 / 900 steps" in printed
+
+
+def test_the_default_workdir_is_what_the_help_says():
+    train = cli.build_parser()._subparsers._group_actions[0].choices["train"]
+    (workdir,) = [a for a in train._actions if a.dest == "workdir"]
+    assert "runs/<config file stem>" in workdir.help
+    args = train.parse_args([SMOKE])
+    assert cli.train.default_workdir(args) == Path("runs") / "smoke_tiny"

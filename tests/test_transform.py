@@ -203,3 +203,10 @@ def test_factored_step_needs_fewer_flops(method):
 
     factored, merged = step_flops(False), step_flops(True)
     assert merged / factored >= 1.3, (merged, factored)
+
+
+def test_parameter_tables_list_layers_in_numeric_order():
+    params = {f"layers_{i}": {"q": {"kernel": jnp.zeros((4, 4))}} for i in (1, 2, 10)}
+    base, adapters = morejax.adapt(params, {".*/kernel": LoRA(rank=2)}, jax.random.key(0))
+    rows = [line.split()[0] for line in str(morejax.summarize(base, adapters)).splitlines() if line]
+    assert rows[1:4] == ["layers_1/q/kernel", "layers_2/q/kernel", "layers_10/q/kernel"]

@@ -70,12 +70,12 @@ def _model_dir(spec) -> Path | None:
     return Path(where).absolute() if Path(where).is_dir() else None
 
 
-def _base_name(spec, model_dir: Path | None) -> str | None:
-    if model_dir is not None:
-        return str(model_dir)
-    if spec.pretrained:
-        return HUB_NAMES.get(spec.checkpoint or spec.name, spec.checkpoint or spec.name)
-    return None
+def _base_name(spec) -> str | None:
+    """The base model as the config names it (a short name, its hub id, or the folder as the
+    user gave it): never the path of an installed package, which means nothing elsewhere."""
+    if not spec.pretrained:
+        return None
+    return HUB_NAMES.get(spec.checkpoint or spec.name, spec.checkpoint or spec.name)
 
 
 def _members(exp):
@@ -150,7 +150,7 @@ def cmd_export(args) -> int:
 
     model_config = loaded.model.config
     model_dir = _model_dir(exp.model)
-    base_name = args.base_model or _base_name(exp.model, model_dir)
+    base_name = args.base_model or _base_name(exp.model)
     if exp.model.pretrained and model_dir is None and args.format != "merged":
         interop.warn_quantized(exp.model.checkpoint or exp.model.name)
     if args.format == "peft":

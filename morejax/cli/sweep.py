@@ -16,7 +16,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 
@@ -36,7 +35,7 @@ def register(subparsers) -> None:
         "next run. Exit code 1 when a point failed (or, with --collect, is missing).",
     )
     common_arguments(p)
-    p.add_argument("--workdir", help="sweep directory (default runs/<config name>-sweep)")
+    p.add_argument("--workdir", help="sweep directory (default runs/<config file stem>-sweep)")
     p.add_argument(
         "--vectorize",
         action="store_true",
@@ -109,9 +108,18 @@ def _row(point: dict, out: dict | None, member: int | None, status: str, error: 
     return row
 
 
+# Fields added after results were recorded, at the value that reproduces those results: left
+# out of the key, so that adding a field does not orphan every finished point.
+KEY_NEUTRAL = {"data.allow_test_overlap": False}
+
+
 def config_key(cfg) -> str:
     """A short hash of the resolved config: a sweep point's results belong to exactly it."""
-    text = json.dumps(config.to_json(config.resolve(cfg)), sort_keys=True)
+    resolved = config.to_json(config.resolve(cfg))
+    for path, value in KEY_NEUTRAL.items():
+        if path in resolved and resolved[path] == value:
+            del resolved[path]
+    text = json.dumps(resolved, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -301,11 +309,9 @@ def write_table(rows: list[dict], root: Path, stem: str = "results") -> None:
 
 
 def _replace(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False, newline=""
-    ) as f:
-        f.write(text)
-    os.replace(f.name, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, newline="")
+    os.replace(tmp, path)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -315,12 +321,15 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         cols += [k for k in r if k not in cols and k != "workdir"]
 
-    def cell(v):
-        text = f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))
+    def cell(v, col):
+        if isinstance(v, float):
+            text = f"{v:.1f}" if col.endswith("_s") else f"{v:.4f}"  # seconds vs scores
+        else:
+            text = "" if v is None else str(v)
         text = " ".join(text.split())  # one table line per point, whatever the error says
         text = text if len(text) <= 200 else text[:199] + "…"
         return text.replace("|", "\\|")
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(c), c) for c in cols) + " |" for r in rows]
     return "\n".join(lines)

@@ -28,7 +28,7 @@ def common_arguments(p: argparse.ArgumentParser, *, config_help: str | None = No
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="fine-tune with a config file (resumes a workdir)")
     common_arguments(p)
-    p.add_argument("--workdir", help="run directory (default runs/<config name>)")
+    p.add_argument("--workdir", help="run directory (default runs/<config file stem>)")
     p.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -109,7 +109,13 @@ def report(out: dict, workdir: Path) -> None:
         print(f"dev at step {out['step']}, per member: {final}")
     if out["best"] is not None:
         print(f"best dev {out['metric']} {out['best']:.4f} at step {out['best_step']} (kept)")
-    print(f"adapter checkpoint: {out['checkpoint'] or '(none yet)'}; workdir {workdir}")
+    if out["checkpoint"]:
+        kept = f"{out['checkpoint']} (best)"
+    elif out["latest_checkpoint"]:
+        kept = f"{out['latest_checkpoint']} (latest; not evaluated yet)"
+    else:
+        kept = "none yet"
+    print(f"adapter checkpoint: {kept}; workdir {workdir}")
     print(f"wall time {out['wall_s']:.0f} s, {out['step']} / {out['steps']} steps")
 
 
@@ -155,10 +161,5 @@ def cmd_params(args) -> int:
 
     exp = config.build(load(args))
     summary = setup.param_summary(exp)
-    if not args.totals:
-        print(summary.table())
-    else:
-        print(f"adapter params: {summary.adapter_params:,}")
-        print(f"other trainable: {summary.other_trainable:,}")
-        print(f"model params: {summary.model_params:,}")
+    print(summary.totals() if args.totals else summary.table())
     return 0

@@ -341,9 +341,10 @@ def check_finite(run: Run, window: list) -> list:
         leaf = run.leaf_names[int(np.argmin(flags))] if not flags.all() else "(the loss)"
         who = f" (member {member})" if bad.size > 1 else ""
         kept = run.ckpt.latest_step()
+        kept = "no checkpoint yet" if kept is None else f"last good checkpoint: step {kept}"
         raise NonFiniteError(
             f"step {step}{who}: non-finite loss or gradient, first non-finite leaf {leaf}; "
-            f"stopped without saving (last good checkpoint: step {kept}); set nonfinite='skip' "
+            f"stopped without saving ({kept}); set nonfinite='skip' "
             "to skip such steps, or lower the learning rate"
         )
     run.checked = run.step
@@ -408,7 +409,7 @@ def save(run: Run, results: list[dict] | None) -> None:
 
 def summary(exp: Experiment, s: Setup, run: Run, last_eval, workdir: Path, wall: float) -> dict:
     vec = s.n_members is not None
-    best_step = run.meta["best_step"]
+    best_step, latest = run.meta["best_step"], run.ckpt.latest_step()
     return {
         "name": exp.name,
         "step": run.step,
@@ -421,6 +422,7 @@ def summary(exp: Experiment, s: Setup, run: Run, last_eval, workdir: Path, wall:
         "best_members": run.meta["best_members"] if vec else None,
         "members": {"seeds": s.seeds, "learning_rates": s.lrs} if vec else None,
         "checkpoint": str(run.ckpt.step_dir(best_step)) if best_step is not None else None,
+        "latest_checkpoint": str(run.ckpt.step_dir(latest)) if latest is not None else None,
         "init_error": s.init_error,
         "skipped_steps": run.meta.get("skipped_steps", 0),
         "test_overlap": s.test_overlap or None,
