@@ -428,6 +428,9 @@ def markdown(plan: Plan, points_fn, done: dict, header: str) -> tuple[str, list[
                 parts = [f"{x['learning_rate']:g}: {100 * x['best']:.1f}" for x in rec["members"]]
                 lines.append(f"| {t} | {m} | " + " | ".join(parts) + " |")
     lines += ["", ranking(plan, cells), ""]
+    gap_text = gaps(plan, cells)
+    if gap_text:
+        lines += [gap_text, ""]
     left = sum(p.est_s for p in missing)
     if missing:
         lines += [
@@ -463,6 +466,42 @@ def ranking(plan: Plan, cells: dict) -> str:
             + "."
         )
     return text
+
+
+ADAPTERS = ("lora", "dora", "pissa", "more", "milora")
+
+
+def gaps(plan: Plan, cells: dict) -> str:
+    """The gaps the reading quotes, from the unrounded cell means (points x100), so that no
+    sentence rests on differences of rounded cells."""
+    have = [m for m in ADAPTERS if m in plan.methods and all(cells[(t, m)] for t in plan.tasks)]
+    if len(have) < 2:
+        return ""
+    mean = {(t, m): 100 * cells[(t, m)]["mean"] for t in plan.tasks for m in have}
+    avg = {m: float(np.mean([mean[(t, m)] for t in plan.tasks])) for m in have}
+    name = lambda m: METHOD_NAMES.get(m, m)  # noqa: E731
+    parts = []
+    rest = [m for m in have if m != "milora"]
+    if len(rest) >= 2:
+        spread = max(avg[m] for m in rest) - min(avg[m] for m in rest)
+        parts.append(f"the average spans {spread:.2f} over {', '.join(map(name, rest))}")
+    for t in plan.tasks:
+        row = [mean[(t, m)] for m in have]
+        parts.append(f"{TASK_NAMES.get(t, t)} spans {max(row) - min(row):.2f} over all {len(have)}")
+    if {"more", "lora"} <= set(have):
+        diffs = ", ".join(
+            f"{TASK_NAMES.get(t, t)} {mean[(t, 'more')] - mean[(t, 'lora')]:+.2f}"
+            for t in plan.tasks
+        )
+        parts.append(f"MoRe minus LoRA: {diffs}")
+    if "milora" in have and len(rest) >= 1:
+        for t in plan.tasks:
+            behind = [mean[(t, m)] - mean[(t, "milora")] for m in rest]
+            parts.append(
+                f"the others minus MiLoRA on {TASK_NAMES.get(t, t)}: {min(behind):+.2f} to "
+                f"{max(behind):+.2f}"
+            )
+    return "Gaps between adapters (unrounded means, points): " + "; ".join(parts) + "."
 
 
 def header_text(plan: Plan, reduced: bool, cmd: str) -> str:

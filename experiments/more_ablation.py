@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -118,6 +120,45 @@ def rows(pairs: list[tuple[dict, Point]], done: dict) -> list[dict]:
     return out
 
 
+# Two-sided 5% critical values of Student's t by degrees of freedom (standard tables).
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 10: 2.23}
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Welch's t of mean(a) - mean(b) and its Welch-Satterthwaite degrees of freedom."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / np.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return float(t), float(df)
+
+
+def neighbours(table: list[dict], series: str) -> list[str]:
+    """Each step along a series, from the unrounded seed scores: the difference, whether the
+    seed ranges overlap, and whether Welch's t resolves it at 5%."""
+    done = sorted((r for r in table if r["series"] == series and r["rec"]), key=lambda r: r["x"])
+    out = []
+    for a, b in zip(done, done[1:]):
+        sa = [100 * m["best"] for m in a["rec"]["members"]]
+        sb = [100 * m["best"] for m in b["rec"]["members"]]
+        if min(len(sa), len(sb)) < 2:
+            continue
+        t, df = welch(sa, sb)
+        crit = T_975[max(k for k in T_975 if k <= max(1, int(df)))]
+        overlap = min(max(sa), max(sb)) >= max(min(sa), min(sb))
+        verdict = (
+            "resolved" if abs(t) > crit else f"not resolved with {min(len(sa), len(sb))} seeds"
+        )
+        out.append(
+            f"- {series} {a['x']} -> {b['x']}: {np.mean(sb) - np.mean(sa):+.2f} (seeds "
+            f"{min(sa):.1f}-{max(sa):.1f} vs {min(sb):.1f}-{max(sb):.1f}, ranges "
+            f"{'overlap' if overlap else 'do not overlap'}); Welch t = {abs(t):.2f} on {df:.1f} "
+            f"df, 5% critical {crit:.2f}: {verdict}."
+        )
+    if out:
+        out.insert(0, f"Steps along the {series} series (MCC x100, unrounded):")
+    return out
+
+
 def markdown(pairs, done: dict, cmd: str, reduced: bool) -> tuple[str, list[str]]:
     m = machine()
     missing = [p for _, p in pairs if p.name not in done]
@@ -151,7 +192,7 @@ def markdown(pairs, done: dict, cmd: str, reduced: bool) -> tuple[str, list[str]
             f"| {r['series']} | {r['x']} | {r['setting']} | {params} | {here} | {pm} | {pp} | "
             f"{wall} |"
         )
-    lines.append("")
+    lines += ["", *neighbours(rows(pairs, done), "blocks"), ""]
     if missing:
         left = sum(p.est_s for p in missing)
         lines.append(

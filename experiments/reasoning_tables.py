@@ -544,16 +544,21 @@ def ranking_note(table: str, rows: dict, n_records: int) -> str:
         return text
 
     agree = order(small) == order(paper)
-    gap = max(small.values()) - min(small.values())
-    p = sum(small.values()) / 300
+    exact = {m: 100 * rows[m]["scores"][key] for m in paper}  # gaps from unrounded scores
+    ranked = sorted(exact, key=lambda m: -exact[m])
+    steps = ", ".join(
+        f"{LABELS[a]} - {LABELS[b]} = {exact[a] - exact[b]:.2f}" for a, b in zip(ranked, ranked[1:])
+    )
+    gap = exact[ranked[0]] - exact[ranked[-1]]
+    p = sum(exact.values()) / 300
     # Two accuracies on n records each differ by 2 standard errors of their difference
     # by chance about 1 time in 20; below that the subset does not order the methods.
     noise = 200 * math.sqrt(2 * max(p * (1 - p), 1 / n_records) / n_records)
     resolved = gap > noise
     return (
         f"Ranking on {key}: here {order(small)}; paper {order(paper)}: "
-        f"{'the same order' if agree else 'a different order'}. The spread here is "
-        f"{gap:.1f} points on {n_records} test records, "
+        f"{'the same order' if agree else 'a different order'}. The gaps here ({steps}) "
+        f"span {gap:.2f} points on {n_records} test records, "
         + (
             f"above the {noise:.1f} points that sampling alone gives 1 time in 20."
             if resolved

@@ -116,3 +116,15 @@ def test_glue_dev_sentences_seen_in_training_are_counted(shared_data):
 
     seen, total = overlap.count_text_overlap(sentences("train.tsv"), sentences("dev.tsv"))
     assert total == 1043 and 0 < seen < total
+
+
+def test_the_opt_out_field_leaves_finished_points_keys_alone():
+    """Results recorded before `data.allow_test_overlap` existed keep their sweep keys."""
+    from morejax.cli.sweep import config_key
+    from morejax.train import config as C
+
+    cfg = C.load(ROOT / "configs" / "smoke_tiny.py")
+    key = config_key(cfg)
+    assert config_key(C.load(ROOT / "configs" / "smoke_tiny.py")) == key
+    C.apply_overrides(cfg, {"data.allow_test_overlap": True})
+    assert config_key(cfg) != key

@@ -76,6 +76,8 @@ class Data:
     `generate_sets` (reasoning): sets whose test records are also answered by greedy
     generation at every evaluation, scored like the papers' tables (`accuracy` = the
     average over sets); `generate_limit` keeps the first N records of each.
+    `allow_test_overlap` (reasoning) keeps training/validation records that also appear in a
+    scored test set; by default they are dropped and counted (`morejax.data.overlap`).
     """
 
     kind: str = "glue"
@@ -96,6 +98,7 @@ class Data:
     generate_sets: tuple[str, ...] = ()
     generate_limit: int | None = None
     generate_tokens: int = 32
+    allow_test_overlap: bool = False
 
 
 @dataclasses.dataclass
