@@ -1,6 +1,7 @@
 """Experiment configs: --set overrides, error messages, resolved output, sweeps, `params`."""
 
 import json
+import os
 from pathlib import Path
 
 import fiddle as fdl
@@ -194,7 +195,6 @@ def test_config_arguments_are_set_like_fields():
 
 
 def _cli(*argv, env=None):
-    import os
     import subprocess
     import sys
 
@@ -290,7 +290,8 @@ def test_config_arguments_are_checked_against_their_annotation():
 # ----------------------------------------------------------------------------- issue 29, item 4
 
 
-def test_debug_goes_before_or_after_the_command_and_keeps_the_exit_code(capsys):
+def test_debug_goes_before_or_after_the_command_and_keeps_the_exit_code(capsys, monkeypatch):
+    monkeypatch.delenv("MOREJAX_DEBUG", raising=False)
     argv = ["params", str(MAIN), "--set", "adapter.rank=(", "--totals"]
     for debug in ([], ["--debug"], "after"):
         line = argv + ["--debug"] if debug == "after" else debug + argv
@@ -298,6 +299,7 @@ def test_debug_goes_before_or_after_the_command_and_keeps_the_exit_code(capsys):
         err = capsys.readouterr().err
         assert ("Traceback" in err) == bool(debug)
         assert err.strip().splitlines()[-1].startswith("error: cannot parse value '('")
+    assert "MOREJAX_DEBUG" not in os.environ  # the switch ends with the command
 
 
 def test_a_file_that_is_not_a_config_is_one_error_line(capsys):

@@ -577,3 +577,16 @@ def test_rte_fits_default_max_len(shared_data):
     lengths = [len(e.ids) for e in tok.encode_batch(pairs)]
     fits = sum(n <= glue.spec("rte").default_max_len for n in lengths) / len(lengths)
     assert fits >= 0.99 and sum(n <= 128 for n in lengths) / len(lengths) < 0.95
+
+
+def test_tfds_chatter_is_hidden_unless_debug(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("MOREJAX_DEBUG", raising=False)
+    local = _rte_folder(tmp_path)
+    glue.load("rte", "train", data_dir=tmp_path / "quiet", local_dir=local)
+    out, err = capfd.readouterr()
+    assert "preparing glue/rte" in err
+    for chatter in ("Downloading and preparing", "Variant folder", "Generating splits"):
+        assert chatter not in out + err
+    monkeypatch.setenv("MOREJAX_DEBUG", "1")
+    glue.load("rte", "train", data_dir=tmp_path / "loud", local_dir=local)
+    assert "Downloading and preparing dataset" in capfd.readouterr().out

@@ -144,6 +144,7 @@ def test_train_end_to_end(shared_data, runs, capsys):
     workdir = runs("one")
     out = capsys.readouterr().out
     assert "resolved config:" in out and "adapter.rank = 4" in out
+    assert re.search(r"^step 8/8: loss \d+\.\d{4}, \d+ tokens/s$", out, re.M)  # --no-progress
     assert "adapter checkpoint:" in out
     results = json.loads((workdir / "results.json").read_text())
     assert results["finished"] and results["step"] == 8
@@ -412,3 +413,11 @@ def test_the_default_workdir_is_what_the_help_says():
     assert "runs/<config file stem>" in workdir.help
     args = train.parse_args([SMOKE])
     assert cli.train.default_workdir(args) == Path("runs") / "smoke_tiny"
+
+
+def test_the_progress_bar_is_only_for_a_terminal(capsys, monkeypatch):
+    assert not loop.on_terminal()  # captured: as in a log file
+    tty = SimpleNamespace(isatty=lambda: True)
+    monkeypatch.setattr(sys, "stdout", tty)
+    monkeypatch.setattr(sys, "stderr", tty)
+    assert loop.on_terminal()

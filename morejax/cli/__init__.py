@@ -58,6 +58,9 @@ def run(args, debug: bool = False) -> int:
     """Run a parsed command; user errors become one line and exit code 2 (with `debug`,
     the traceback first: the exit code does not depend on it)."""
     debug = debug or os.environ.get("MOREJAX_DEBUG", "").strip() not in ("", "0")
+    before = os.environ.get("MOREJAX_DEBUG")
+    if debug:  # the library's switch too (e.g. TFDS's preparation output), for this command
+        os.environ["MOREJAX_DEBUG"] = "1"
     try:
         if args.command in COMPILING:
             from morejax.train import compile_cache
@@ -71,6 +74,11 @@ def run(args, debug: bool = False) -> int:
         else:
             print(f"error: {error_line(e)} (--debug for the traceback)", file=sys.stderr)
         return 2
+    finally:
+        if before is None:
+            os.environ.pop("MOREJAX_DEBUG", None)
+        else:
+            os.environ["MOREJAX_DEBUG"] = before
 
 
 def main(argv: Sequence[str] | None = None) -> int:

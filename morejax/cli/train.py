@@ -30,7 +30,12 @@ def register(subparsers) -> None:
     common_arguments(p)
     p.add_argument("--workdir", help="run directory (default runs/<config file stem>)")
     p.add_argument("--stop-at", type=int, help="stop after this step with a checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="plain lines (loss, tokens/s every log_every steps) instead of a progress bar, "
+        "as when the output is not a terminal",
+    )
     p.add_argument(
         "--allow-config-change",
         action="store_true",

@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import socket
@@ -191,6 +192,27 @@ def default_data_dir() -> Path:
 
 def _say(msg: str) -> None:
     print(f"morejax.data.glue: {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _quiet_tfds() -> Iterator[None]:
+    """TFDS's own preparation chatter (stdout banners, absl warnings about folders it is about
+    to create, progress bars) hidden, unless MOREJAX_DEBUG (`--debug`) asks for it: our
+    `_say` lines say what is prepared, from where, and how long it took."""
+    if os.environ.get("MOREJAX_DEBUG", "").strip() not in ("", "0"):
+        yield
+        return
+    from absl import logging as absl_logging
+
+    tfds, _ = _tfds()
+    tfds.display_progress_bar(False)
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
 
 
 # --------------------------------------------------------------------------- TFDS access
@@ -596,6 +618,11 @@ def prepare(task: str, *, data_dir=None, local_dir=None, download: bool | None =
     was prepared from (or it records none): then it is prepared again and
     replaced. Returns the prepared dataset's folder.
     """
+    with _quiet_tfds():
+        return _prepare(task, data_dir=data_dir, local_dir=local_dir, download=download)
+
+
+def _prepare(task: str, *, data_dir, local_dir, download: bool | None) -> Path:
     s = spec(task)
     data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
     tfds, _ = _tfds()
@@ -674,9 +701,10 @@ def load(
     data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
     prepare(s.name, data_dir=data_dir, local_dir=local_dir, download=download)
     tfds, _ = _tfds()
-    source = tfds.data_source(
-        s.tfds_name, split=split, data_dir=os.fspath(data_dir), download=False
-    )
+    with _quiet_tfds():
+        source = tfds.data_source(
+            s.tfds_name, split=split, data_dir=os.fspath(data_dir), download=False
+        )
     if len(source) == 0:
         raise ValueError(f"{s.tfds_name} split {split!r} in {data_dir} is empty")
     return Examples(source, s.name) if normalize else source

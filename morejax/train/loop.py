@@ -228,7 +228,7 @@ def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool, s
     end = run.steps if stop_at is None else min(run.steps, stop_at)
     at_start = (exp.eval_at_start and run.step == 0) or run.step >= run.steps
     last_eval = run_eval(exp, s, run) if at_start else None
-    bar = progress_bar(run) if progress and jax.process_index() == 0 else None
+    bar = progress_bar(run) if progress and on_terminal() and jax.process_index() == 0 else None
     window, tokens, t_window = [], 0, time.time()
     # The data position of the last finished step: an interrupt between fetching a batch
     # and finishing its step must not save a position one batch ahead.
@@ -257,6 +257,11 @@ def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool, s
                 if bar is not None:
                     bar.set_postfix(loss=fmt(row["loss"]), tok_s=f"{row['tokens_per_s']:.0f}")
                     bar.update(run.step - bar.n)
+                else:
+                    say(
+                        f"step {run.step}/{run.steps}: loss {fmt(row['loss'])}, "
+                        f"{row['tokens_per_s']:.0f} tokens/s"
+                    )
                 window, tokens, t_window = [], 0, time.time()
             if evaluate_now:
                 t_eval = time.time()
@@ -349,6 +354,12 @@ def check_finite(run: Run, window: list) -> list:
         )
     run.checked = run.step
     return window
+
+
+def on_terminal() -> bool:
+    """Whether a person watches the console: redirected output (a log file, a scheduler)
+    gets plain lines, never progress-bar frames."""
+    return sys.stdout.isatty() and sys.stderr.isatty()
 
 
 def progress_bar(run: Run):
