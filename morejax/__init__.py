@@ -1,6 +1,6 @@
 """morejax: parameter-efficient fine-tuning as pure functions over Flax parameter pytrees."""
 
-from morejax import paths
+from morejax import paths, subspace
 from morejax.methods import DoRA, Full, LoRA, MiLoRA, MoRe, MoReMinor, PiSSA
 from morejax.transform import (
     ALL_LINEAR,
@@ -44,6 +44,7 @@ __all__ = [
     "param_table",
     "paths",
     "plan",
+    "subspace",
     "summarize",
     "unmerge",
 ]

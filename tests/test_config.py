@@ -229,7 +229,8 @@ def test_user_errors_are_one_line_without_a_traceback(tmp_path):
 def test_configs_find_the_offline_data_beside_the_checkout(shared_data, monkeypatch):
     """Without this, GLUE configs fall back to whatever TFDS prepared earlier (or fail)."""
     monkeypatch.delenv("MOREJAX_SHARED_DATA", raising=False)
-    assert config.ROOT == ROOT
+    monkeypatch.delenv("MOREJAX_GLUE_DIR", raising=False)
+    monkeypatch.chdir(ROOT / "tests")  # anywhere inside the project
     assert config.shared_dir("glue") == str(ROOT.parent / "shared" / "data" / "glue")
     exp = config.build(config.load(MAIN))
     assert exp.data.local_dir == str(ROOT.parent / "shared" / "data" / "glue")
@@ -306,3 +307,24 @@ def test_a_file_that_is_not_a_config_is_one_error_line(capsys):
     assert cli.main(["params", str(ROOT / "README.md")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "README.md is not a config file" in err[0]
+
+
+# ----------------------------------------------------------------------------- issue 29, item 7
+
+
+def test_offline_data_is_found_beside_the_project_the_user_runs_in(tmp_path, monkeypatch):
+    for name in ("MOREJAX_SHARED_DATA", "MOREJAX_GLUE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    project, glue = tmp_path / "proj", tmp_path / "shared" / "data" / "glue"
+    (project / "runs").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    glue.mkdir(parents=True)
+    monkeypatch.chdir(project / "runs")
+    assert config.shared_dir("glue") == str(glue)  # not beside the installed package
+    assert config.shared_dir("llm-adapters") is None
+    mine = tmp_path / "my_glue"
+    mine.mkdir()
+    monkeypatch.setenv("MOREJAX_GLUE_DIR", str(mine))
+    assert config.shared_dir("glue") == str(mine)
+    monkeypatch.setenv("MOREJAX_SHARED_DATA", str(tmp_path / "shared"))
+    assert config.shared_dir("data", "glue") == str(glue)

@@ -88,3 +88,12 @@ def test_kernel_shifts_per_matrix_and_method():
     )
     for r in subspace.kernel_shifts(params, base, adapters, k=4):
         assert r["left_max_deg"] < 1e-2 and r["rel_change"] < 1e-6
+
+
+def test_the_package_exposes_subspace_without_another_import():
+    import subprocess
+    import sys
+
+    code = "import morejax; print(morejax.subspace.kernel_shifts.__name__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "kernel_shifts", done.stderr[-2000:]

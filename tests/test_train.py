@@ -144,6 +144,7 @@ def test_train_end_to_end(shared_data, runs, capsys):
     workdir = runs("one")
     out = capsys.readouterr().out
     assert "resolved config:" in out and "adapter.rank = 4" in out
+    assert f"data folder: {config.build(config.load(SMOKE)).data.local_dir}\n" in out
     assert re.search(r"^step 8/8: loss \d+\.\d{4}, \d+ tokens/s$", out, re.M)  # --no-progress
     assert "adapter checkpoint:" in out
     results = json.loads((workdir / "results.json").read_text())
@@ -421,3 +422,13 @@ def test_the_progress_bar_is_only_for_a_terminal(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdout", tty)
     monkeypatch.setattr(sys, "stderr", tty)
     assert loop.on_terminal()
+
+
+def test_a_missing_data_folder_is_said_at_the_start(tmp_path, monkeypatch):
+    monkeypatch.delenv("MOREJAX_SHARED_DATA", raising=False)
+    monkeypatch.delenv("MOREJAX_GLUE_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    from morejax.cli.train import data_folder
+
+    said = data_folder(config.Data(kind="glue", local_dir=None))
+    assert f"none ({tmp_path.parent / 'shared' / 'data' / 'glue'} does not exist)" in said

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from morejax.data import folders
 from morejax.train import config
 
 
@@ -74,6 +75,7 @@ def run_one(cfg, workdir: Path, *, stop_at=None, progress=True, allow_config_cha
     config.resolve(cfg)
     print("resolved config:\n" + config.to_text(cfg), flush=True)
     exp = config.build(cfg)
+    print(f"data folder: {data_folder(exp.data)}", flush=True)
     config.write_resolved(cfg, workdir)
     return loop.train(
         exp,
@@ -83,6 +85,17 @@ def run_one(cfg, workdir: Path, *, stop_at=None, progress=True, allow_config_cha
         progress=progress,
         allow_config_change=allow_config_change,
     )
+
+
+def data_folder(data: config.Data) -> str:
+    """Where a run reads its examples, said at its start: a wrong guess is seen at once."""
+    if data.local_dir:
+        return data.local_dir
+    looked = folders.shared_data("glue" if data.kind == "glue" else "llm-adapters")
+    if data.kind == "glue":
+        tfds = data.data_dir or "~/tensorflow_datasets"
+        return f"none ({looked} does not exist): GLUE as TFDS prepared it in {tfds}, or downloaded"
+    return f"none ({looked} does not exist): the reasoning sets' default folder"
 
 
 def cmd_train(args) -> int:

@@ -26,8 +26,7 @@ from typing import Any
 
 import fiddle as fdl
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout: morejax/train/config.py
-
+from morejax.data import folders
 
 # ----------------------------------------------------------------------------- the run's pieces
 
@@ -809,9 +808,6 @@ def changes(old: Mapping, new: Mapping) -> str:
 
 
 def shared_dir(*parts: str) -> str | None:
-    """A folder under `../shared/data` beside the checkout (offline data), or None when absent."""
-    import os
-
-    base = Path(os.environ.get("MOREJAX_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    path = base.joinpath(*parts)
+    """A folder of the offline data (`morejax.data.folders.shared_data`), None when absent."""
+    path = folders.shared_data(*parts)
     return str(path) if path.is_dir() else None
