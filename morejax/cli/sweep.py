@@ -110,7 +110,18 @@ def _row(point: dict, out: dict | None, member: int | None, status: str, error: 
 
 # Fields added after results were recorded, at the value that reproduces those results: left
 # out of the key, so that adding a field does not orphan every finished point.
-KEY_NEUTRAL = {"data.allow_test_overlap": False}
+KEY_NEUTRAL = {
+    "data.allow_test_overlap": False,
+    "data.train": None,
+    "data.validation": None,
+    "data.test": None,
+    "data.text": None,
+    "data.label": None,
+    "data.task_type": None,
+    "data.classes": None,
+    "data.metric": None,
+    "data.validation_fraction": 0.1,
+}
 
 
 def config_key(cfg) -> str:

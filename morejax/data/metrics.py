@@ -141,3 +141,26 @@ def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
     out = {name: _FUNCTIONS[name](p, y) for name in names}
     out["score"] = float(np.mean([out[name] for name in names]))
     return out
+
+
+def macro_f1(predictions, labels) -> float:
+    """The mean of per-class F1 over the classes in either the labels or the predictions
+    (scikit-learn's `f1_score(average='macro')`)."""
+    p, y = _pair(predictions, labels, dtype=np.int64)
+    return float(np.mean([f1_score(p, y, positive=c) for c in np.union1d(p, y)]))
+
+
+def label_metrics(predictions, labels, *, num_labels: int, metric: str) -> dict[str, float]:
+    """Your own labelled data: accuracy and macro-F1 (and MCC for two classes), or Pearson and
+    Spearman for scores (`num_labels=1`); 'score' is `metric`'s value."""
+    p = np.asarray(predictions)
+    if num_labels == 1:
+        p = p.reshape(len(p), -1)[:, 0]
+        out = {"pearson": pearson(p, labels), "spearman": spearman(p, labels)}
+    else:
+        p = np.argmax(p, axis=-1) if p.ndim == 2 else p
+        out = {"accuracy": accuracy(p, labels), "macro_f1": macro_f1(p, labels)}
+        if num_labels == 2:
+            out["mcc"] = matthews_corrcoef(p, labels)
+    out["score"] = out[metric]
+    return out

@@ -61,7 +61,8 @@ class Model:
 class Data:
     """Where examples come from and how they are batched.
 
-    `kind` is `glue` (encoder batches) or `reasoning` (decoder batches with `loss_mask`).
+    `kind` is `glue` or `text` (encoder batches) or `reasoning` (decoder batches with
+    `loss_mask`).
     `local_dir` prepares GLUE from local TSVs (offline; the task folder or a GLUE root);
     None lets TFDS download. `data_dir` is the TFDS folder (None: ~/tensorflow_datasets).
     `max_len` / `eval_split` None: the task decides (GLUE: a length that holds its sentence
@@ -77,6 +78,13 @@ class Data:
     average over sets); `generate_limit` keeps the first N records of each.
     `allow_test_overlap` (reasoning) keeps training/validation records that also appear in a
     scored test set; by default they are dropped and counted (`morejax.data.overlap`).
+
+    Your own labelled files (`kind='text'`, `morejax.data.files`): `train`, `validation`,
+    `test` are .csv/.tsv/.jsonl/.parquet paths (`data_dir`: where they are prepared, None:
+    ~/.cache/morejax/data); `text` names one text column or two ('q1,q2'), `label` the label
+    column. `task_type` (classification / regression), `classes` (sorted) and `metric` (what
+    `score` is: accuracy, macro_f1, mcc / pearson, spearman) None: the training file decides.
+    Without a validation file a `validation_fraction` slice of the training file is held out.
     """
 
     kind: str = "glue"
@@ -98,6 +106,15 @@ class Data:
     generate_limit: int | None = None
     generate_tokens: int = 32
     allow_test_overlap: bool = False
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    text: str | None = None
+    label: str | None = None
+    task_type: str | None = None
+    classes: tuple[str, ...] | None = None
+    metric: str | None = None
+    validation_fraction: float = 0.1
 
 
 @dataclasses.dataclass
@@ -682,12 +699,38 @@ def resolve(cfg: fdl.Config) -> fdl.Config:
         if get_path(cfg, "data.eval_split") is None:
             splits = spec.validation_splits
             set_path(cfg, "data.eval_split", splits[0] if len(splits) == 1 else tuple(splits))
+    elif kind == "text" and get_path(cfg, "data.train"):  # without a file: shapes only
+        _resolve_files(cfg)
     elif kind == "reasoning":
         if get_path(cfg, "data.max_len") is None:
             set_path(cfg, "data.max_len", 256)
         if get_path(cfg, "data.eval_split") is None:
             set_path(cfg, "data.eval_split", "validation")
     return cfg
+
+
+def _resolve_files(cfg: fdl.Config) -> None:
+    """What the user's training file decides: classes or scores, the head, the metric."""
+    from morejax.data import files
+
+    data = fdl.build(get_path(cfg, "data"))
+    decided = files.decide(data)
+    classes = decided["classes"]
+    labels = 1 if classes is None else len(classes)
+    given = get_path(cfg, "model.num_labels")
+    if given is not None and given != labels:
+        raise ValueError(
+            f"model.num_labels={given} but {decided['summary']}; leave model.num_labels unset "
+            "(None): the training file decides it"
+        )
+    set_path(cfg, "model.num_labels", labels)
+    set_path(cfg, "data.task", Path(data.train).name.split(".")[0])
+    for field in ("task_type", "classes", "metric"):
+        set_path(cfg, f"data.{field}", decided[field])
+    if data.max_len is None:
+        set_path(cfg, "data.max_len", 128)
+    if data.eval_split is None:
+        set_path(cfg, "data.eval_split", ("validation", "test") if data.test else "validation")
 
 
 def build(cfg: fdl.Config) -> Experiment:

@@ -33,7 +33,7 @@ def evaluate(
     """The task metrics on each evaluation split; one dict per member (one for a single run).
 
     Several splits (MNLI matched / mismatched) are reported under their names, and `score`
-    is their mean.
+    is their mean; a 'test' split is reported but never chooses (the others' mean).
     """
     per_split = {
         split: evaluate_split(exp, eval_step, adapters, base, b, n_members, loaded)
@@ -47,7 +47,8 @@ def evaluate(
         for split, results in per_split.items():
             name = split.removeprefix("validation_")
             row.update({f"{name}/{k}": v for k, v in results[m].items()})
-        row["score"] = float(np.mean([results[m]["score"] for results in per_split.values()]))
+        chosen = [r for split, r in per_split.items() if split != "test"] or per_split.values()
+        row["score"] = float(np.mean([results[m]["score"] for results in chosen]))
         rows.append(row)
     return rows
 
@@ -79,6 +80,11 @@ def evaluate_split(
                 member = len(results) - 1
                 mine = jax.tree.map(lambda a, m=member: a[m], adapters) if n_members else adapters
                 results[-1].update(generation_accuracy(exp.data, loaded, base, mine))
+        elif exp.data.kind == "text":
+            from morejax.data.metrics import label_metrics
+
+            n = exp.model.num_labels
+            results.append(label_metrics(o, y, num_labels=n, metric=exp.data.metric))
         else:
             from morejax.data.metrics import glue_metrics
 

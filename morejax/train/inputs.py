@@ -69,6 +69,12 @@ def load_split(data, split: str, limit: int | None, num_labels: int | None = Non
         if num_labels is not None:
             glue.check_labels(data.task, source, num_labels, split)
         return Head(source, limit)
+    if data.kind == "text":
+        from morejax.data import files
+
+        if split == data.train_split:
+            say(f"data: {files.decide(data)['summary']}")
+        return Head(files.load(data, split), limit)
     from morejax.data import reasoning
 
     if split == "test":
