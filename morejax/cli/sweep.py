@@ -121,6 +121,9 @@ KEY_NEUTRAL = {
     "data.classes": None,
     "data.metric": None,
     "data.validation_fraction": 0.1,
+    "data.chat_template": None,
+    "data.exact_match": False,
+    "data.answer_regex": None,
 }
 
 

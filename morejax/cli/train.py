@@ -89,7 +89,7 @@ def run_one(cfg, workdir: Path, *, stop_at=None, progress=True, allow_config_cha
 
 def data_folder(data: config.Data) -> str:
     """Where a run reads its examples, said at its start: a wrong guess is seen at once."""
-    if data.kind == "text":
+    if data.kind in ("text", "chat"):
         return ", ".join(str(p) for p in (data.train, data.validation, data.test) if p)
     if data.local_dir:
         return data.local_dir

@@ -33,7 +33,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["Prepared", "Rows", "columns", "decide", "load", "prepare", "split_file"]
+__all__ = [
+    "Prepared",
+    "Rows",
+    "columns",
+    "decide",
+    "held_out",
+    "load",
+    "open_text",
+    "prepare",
+    "split_file",
+]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".parquet": "parquet"}
 TASK_TYPES = ("classification", "regression")
@@ -74,7 +84,8 @@ def columns(spec: str | Sequence[str]) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------- reading
 
 
-def _open_text(path: Path):
+def open_text(path: Path):
+    """A text file, gunzipped when its name ends in .gz; a UTF-8 byte-order mark is skipped."""
     if path.name.lower().endswith(".gz"):
         return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")
@@ -96,7 +107,7 @@ def _csv_chunks(path: Path, need: Sequence[str], fmt: str) -> Iterator[tuple[ran
     delimiter = "\t" if fmt == "tsv" else ","
     quoting = csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             header = next(csv.reader(f, delimiter=delimiter, quoting=quoting), None)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise ValueError(f"{path}: does not parse as {fmt.upper()} ({e})") from None
@@ -139,7 +150,7 @@ def _jsonl_chunks(path: Path, need: Sequence[str]) -> Iterator[tuple[list, dict]
     rows, chunk = [], {c: [] for c in need}
     row = 0
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             for row, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -523,22 +534,27 @@ def split_file(data, split: str) -> tuple[str, np.ndarray | None]:
         raise ValueError(f"unknown split {split!r} of your files; use train, validation or test")
     if data.validation:
         return (data.train if split == "train" else data.validation), None
-    fraction = data.validation_fraction
+    held = held_out(_prepared(data, data.train).rows, data.validation_fraction, data.train)
+    return data.train, np.flatnonzero(held if split == "validation" else ~held)
+
+
+def held_out(n: int, fraction: float, source) -> np.ndarray:
+    """Which of `n` rows the validation slice holds: `fraction` of them, drawn with a fixed
+    seed, so every run seed and every resume scores the same rows."""
     if not 0 < fraction < 1:
         raise ValueError(
             f"data.validation_fraction={fraction} must lie in (0, 1) to hold out a validation "
             "slice of the training file (or set data.validation=PATH)"
         )
-    n = _prepared(data, data.train).rows
     k = max(1, round(fraction * n))
     if k >= n:
         raise ValueError(
-            f"{data.train} has {n} row(s): too few to hold out {k} for validation; "
+            f"{source} has {n} row(s): too few to hold out {k} for validation; "
             "set data.validation=PATH"
         )
     held = np.zeros(n, bool)
     held[np.random.default_rng(HOLDOUT_SEED).permutation(n)[:k]] = True
-    return data.train, np.flatnonzero(held if split == "validation" else ~held)
+    return held
 
 
 def load(data, split: str) -> Rows:

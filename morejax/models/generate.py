@@ -301,6 +301,7 @@ def generate_text(
     apply_fn: ApplyFn | None = None,
     params=None,
     pad_to_multiple: int = 8,
+    add_special_tokens: bool = True,
 ) -> list[str]:
     """Continuations (prompt excluded, stop token dropped) for a batch of prompts.
 
@@ -309,7 +310,8 @@ def generate_text(
     an adapted model (e.g. ``morejax.call`` over ``(base, adapters)``); the model's
     own cache layout is still used. ``chat`` wraps each prompt as a user turn in
     the tokenizer's chat template. Stops at the tokenizer's EOS unless
-    ``stop_ids`` says otherwise.
+    ``stop_ids`` says otherwise. ``add_special_tokens=False`` encodes prompts that already
+    carry their special tokens (rendered by a chat template) as they are.
     """
     model, base_params, tokenizer = _unpack(pretrained)
     default_apply, init_cache = llama_callables(model)
@@ -327,7 +329,7 @@ def generate_text(
             texts.append(format_chat(msgs, template))
     else:
         texts = list(prompts)
-    seqs = [e.ids for e in tokenizer.encode_batch(texts)]
+    seqs = [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)]
     pad_id = 0
     ids_BxP, mask_BxP = left_pad(seqs, pad_id, multiple_of=pad_to_multiple)
     out = generate(

@@ -61,7 +61,7 @@ class Model:
 class Data:
     """Where examples come from and how they are batched.
 
-    `kind` is `glue` or `text` (encoder batches) or `reasoning` (decoder batches with
+    `kind` is `glue` or `text` (encoder batches), `reasoning` or `chat` (decoder batches with
     `loss_mask`).
     `local_dir` prepares GLUE from local TSVs (offline; the task folder or a GLUE root);
     None lets TFDS download. `data_dir` is the TFDS folder (None: ~/tensorflow_datasets).
@@ -85,6 +85,12 @@ class Data:
     column. `task_type` (classification / regression), `classes` (sorted) and `metric` (what
     `score` is: accuracy, macro_f1, mcc / pearson, spearman) None: the training file decides.
     Without a validation file a `validation_fraction` slice of the training file is held out.
+    Chat and instruction data (`kind='chat'`, `morejax.data.chat`): `train` (and `validation`,
+    `test`) are .jsonl/.json files of `{"messages": [...]}` rows, rendered with
+    `chat_template` (a tokenizer_config.json, .jinja or .gguf; None: the model folder's), or
+    of Alpaca records. `exact_match` also answers the first `generate_limit` validation rows
+    by greedy generation and scores them against the last assistant turn (after
+    `answer_regex`'s first group when given).
     """
 
     kind: str = "glue"
@@ -115,6 +121,9 @@ class Data:
     classes: tuple[str, ...] | None = None
     metric: str | None = None
     validation_fraction: float = 0.1
+    chat_template: str | None = None
+    exact_match: bool = False
+    answer_regex: str | None = None
 
 
 @dataclasses.dataclass
@@ -701,6 +710,8 @@ def resolve(cfg: fdl.Config) -> fdl.Config:
             set_path(cfg, "data.eval_split", splits[0] if len(splits) == 1 else tuple(splits))
     elif kind == "text" and get_path(cfg, "data.train"):  # without a file: shapes only
         _resolve_files(cfg)
+    elif kind == "chat":
+        _resolve_chat(cfg)
     elif kind == "reasoning":
         if get_path(cfg, "data.max_len") is None:
             set_path(cfg, "data.max_len", 256)
@@ -731,6 +742,52 @@ def _resolve_files(cfg: fdl.Config) -> None:
         set_path(cfg, "data.max_len", 128)
     if data.eval_split is None:
         set_path(cfg, "data.eval_split", ("validation", "test") if data.test else "validation")
+
+
+def _resolve_chat(cfg: fdl.Config) -> None:
+    """The chat template (the model folder's unless `data.chat_template` names one), the length
+    and the validation split of a chat or instruction run."""
+    from morejax.data import chat
+
+    data = fdl.build(get_path(cfg, "data"))
+    if data.answer_regex:
+        try:
+            re.compile(data.answer_regex)
+        except re.error as e:
+            raise ValueError(f"data.answer_regex={data.answer_regex!r}: {e}") from None
+    if data.max_len is None:
+        set_path(cfg, "data.max_len", 512)
+    if data.eval_split is None:
+        set_path(cfg, "data.eval_split", "validation")
+    if not data.train:
+        return
+    set_path(cfg, "data.task", Path(data.train).name.split(".")[0])
+    if data.chat_template is None and chat.row_format(data.train) == "messages":
+        folder = _model_folder(cfg)
+        found = chat.find_template(folder) if folder else None
+        if found is None:
+            raise ValueError(
+                f"{folder or 'the model'} has no chat template (tokenizer_config.json without "
+                f"'chat_template', no chat_template.jinja); supply one with {chat.SET_TEMPLATE}"
+            )
+        set_path(cfg, "data.chat_template", str(found))
+
+
+def _model_folder(cfg: fdl.Config) -> Path | None:
+    """Where the run's tokenizer comes from: the weights' folder, or `model.tokenizer`'s."""
+    from morejax.models import registry
+
+    pretrained = get_path(cfg, "model.pretrained")
+    where = get_path(cfg, "model.checkpoint") or get_path(cfg, "model.name")
+    where = where if pretrained else get_path(cfg, "model.tokenizer")
+    if not where:
+        return None
+    if Path(where).exists():
+        return Path(where) if Path(where).is_dir() else Path(where).parent
+    try:
+        return registry.find_model_dir(where) if where in registry.PRETRAINED else None
+    except registry.NotInstalledError:
+        return None
 
 
 def build(cfg: fdl.Config) -> Experiment:

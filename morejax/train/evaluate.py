@@ -76,10 +76,13 @@ def evaluate_split(
                 )
             loss = float(o[:, 0].sum() / o[:, 1].sum())
             results.append({"loss": loss, "perplexity": float(np.exp(min(loss, 50.0)))})
-            if exp.data.generate_sets and loaded is not None:
+            scored = generation_accuracy if exp.data.generate_sets else None
+            if exp.data.kind == "chat" and exp.data.exact_match:
+                scored = exact_match
+            if scored is not None and loaded is not None:
                 member = len(results) - 1
                 mine = jax.tree.map(lambda a, m=member: a[m], adapters) if n_members else adapters
-                results[-1].update(generation_accuracy(exp.data, loaded, base, mine))
+                results[-1].update(scored(exp.data, loaded, base, mine))
         elif exp.data.kind == "text":
             from morejax.data.metrics import label_metrics
 
@@ -109,6 +112,24 @@ def generation_accuracy(data, loaded, base, adapters) -> dict:
         batch_size=data.eval_batch_size,
     )
     return {"accuracy": scores.pop("average"), **{f"accuracy/{k}": v for k, v in scores.items()}}
+
+
+def exact_match(data, loaded, base, adapters) -> dict:
+    """The first `generate_limit` validation rows of a chat run answered by greedy generation,
+    each prompt tokenised as training saw it (a rendered chat carries its own special tokens)."""
+    from morejax.data import chat
+    from morejax.models import generate
+
+    examples = chat.load(data, "validation")[: data.generate_limit]
+    generate_fn = generate.text_generator(
+        (loaded.model, None, loaded.tokenizer),
+        base,
+        adapters,
+        max_new_tokens=data.generate_tokens,
+        add_special_tokens="spans" not in examples[0],
+    )
+    score = chat.exact_match(generate_fn, examples, data.answer_regex, data.eval_batch_size)
+    return {"exact_match": score}
 
 
 def checkpoints_of(workdir: str | Path) -> Path:

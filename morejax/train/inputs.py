@@ -13,7 +13,7 @@ from morejax.train.model import PACKED_KEYS
 
 
 def task_kind(exp: Experiment) -> str:
-    if exp.data.kind == "reasoning":
+    if exp.data.kind in ("reasoning", "chat"):
         return "lm"
     return "regression" if exp.model.num_labels == 1 else "classification"
 
@@ -75,6 +75,10 @@ def load_split(data, split: str, limit: int | None, num_labels: int | None = Non
         if split == data.train_split:
             say(f"data: {files.decide(data)['summary']}")
         return Head(files.load(data, split), limit)
+    if data.kind == "chat":
+        from morejax.data import chat
+
+        return Head(chat.load(data, split), limit)
     from morejax.data import reasoning
 
     if split == "test":
@@ -123,6 +127,10 @@ def batches(
     kw = dict(data.pipeline or {})
     if kind == "lm":
         fn = pipeline.decoder_batches
+        if data.kind == "chat":
+            from morejax.data import chat
+
+            fn = chat.chat_batches
     else:
         fn = pipeline.encoder_batches
         kw.setdefault("num_labels", num_labels)
