@@ -139,7 +139,7 @@ def hf_model(config, params) -> HFModel:
             )
         return HFModel("bert", config, f"{name}Model", "FEATURE_EXTRACTION", "")
     if isinstance(config, llama.LlamaConfig):
-        return HFModel("llama", config, "LlamaForCausalLM", "CAUSAL_LM", "")
+        return HFModel("llama", config, llama.FAMILIES[config.model_type], "CAUSAL_LM", "")
     raise ValueError(
         f"no Hugging Face mapping for a {type(config).__name__}: interop supports the BERT "
         "family (BertConfig) and the LLaMA family (LlamaConfig)"

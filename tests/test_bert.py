@@ -307,7 +307,7 @@ def test_registry_errors(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="causal LM"):
         registry.load_pretrained("smollm2-135m", head="classification")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ValueError, match="not a BERT/RoBERTa"):
+    with pytest.raises(ValueError, match="model_type .* is not supported; encoders: bert"):
         registry.load_pretrained(str(tmp_path))
     monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(

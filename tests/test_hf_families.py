@@ -51,13 +51,13 @@ def _batch(vocab, lengths, seed=0):
     return ids * mask, mask
 
 
-def _compare(transformers_model, folder, lengths, vocab):
+def _compare(transformers_model, folder, lengths, vocab, **load):
     import jax.numpy as jnp
     import torch
 
     from morejax.models.registry import load_pretrained
 
-    pre = load_pretrained(str(folder))
+    pre = load_pretrained(str(folder), **load)
     ids, mask = _batch(vocab, lengths)
     with torch.no_grad():
         want = transformers_model(
@@ -70,6 +70,33 @@ def _compare(transformers_model, folder, lengths, vocab):
     valid = mask.astype(bool)
     err = np.abs(got[valid] - want[valid]).max() / np.abs(want[valid]).max()
     assert err <= 1e-4, f"max relative error {err:.2e}"
+    return pre
+
+
+def _greedy_matches(transformers_model, pre, vocab, prompt_lengths, new_tokens):
+    """Greedy decoding with morejax's KV cache, token for token against `generate`, with
+    left-padded prompts of different lengths."""
+    import torch
+
+    from morejax.models import generate
+
+    rng = np.random.default_rng(1)
+    prompts = [list(rng.integers(3, vocab, n)) for n in prompt_lengths]
+    ids, mask = generate.left_pad(prompts, pad_id=0)
+    apply_fn, init_cache = generate.llama_callables(pre.model)
+    out = generate.generate(
+        apply_fn, pre.params, ids, mask, init_cache=init_cache, max_new_tokens=new_tokens
+    )
+    with torch.no_grad():
+        want = transformers_model.generate(
+            input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
+            attention_mask=torch.tensor(np.asarray(mask), dtype=torch.long),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )[:, ids.shape[1] :].numpy()
+    np.testing.assert_array_equal(np.asarray(out.tokens_BxT), want)
 
 
 @pytest.mark.parametrize("layout", ["5.x", "4.x"])
@@ -123,7 +150,16 @@ def test_llama_tied_default_rope_folder_matches_transformers(hf, tmp_path):
     [
         ({"rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0}}, "yarn"),
         ({"hidden_act": "gelu"}, "hidden_act"),
-        ({"attention_bias": True}, "attention_bias"),
+        ({"model_type": "gemma2"}, "gemma2"),
+        (
+            {
+                "model_type": "qwen2",
+                "use_sliding_window": True,
+                "sliding_window": 4,
+                "layer_types": ["chunked_attention"],
+            },
+            "chunked_attention",
+        ),
         ({"sliding_window": 4096}, "sliding_window"),
         ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
         (
@@ -148,6 +184,90 @@ def test_a_field_that_changes_the_numbers_is_honoured_or_refused(change, field):
         LlamaConfig.from_hf_config({**base, **change})
 
 
+def _family(hf, name, **kw):
+    small = dict(
+        vocab_size=89,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=80,
+        max_position_embeddings=128,
+        rope_theta=10000.0,
+    )
+    return {
+        "mistral": (hf.MistralConfig, hf.MistralForCausalLM),
+        "qwen2": (hf.Qwen2Config, hf.Qwen2ForCausalLM),
+        "qwen3": (hf.Qwen3Config, hf.Qwen3ForCausalLM),
+        "llama": (hf.LlamaConfig, hf.LlamaForCausalLM),
+    }[name], {**small, **kw}
+
+
+# Each case varies what its family changes: the window (shorter than the rows), GQA, biases,
+# per-head norms with an explicit head_dim, tied embeddings, mixed sliding/full layers.
+FAMILY_CASES = {
+    "mistral-window-8": ("mistral", dict(sliding_window=8, num_key_value_heads=1)),
+    "qwen2-biases-tied": ("qwen2", dict(tie_word_embeddings=True, rope_theta=1e6)),
+    "qwen2-mixed-sliding": (
+        "qwen2",
+        dict(use_sliding_window=True, sliding_window=6, max_window_layers=1),
+    ),
+    "qwen3-qk-norm-head-dim-24": ("qwen3", dict(head_dim=24, num_key_value_heads=4)),
+    "llama-attention-bias": ("llama", dict(attention_bias=True, num_key_value_heads=4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAMILY_CASES))
+def test_family_folder_matches_transformers_logits_and_greedy_generation(hf, tmp_path, case):
+    name, kw = FAMILY_CASES[case]
+    (config_cls, model_cls), kw = _family(hf, name, **kw)
+    model = model_cls(config_cls(**kw)).eval()
+    written = _save(model, tmp_path)
+    assert written["model_type"] == name
+    # Rows of 30, 17 and 6 tokens: longer and shorter than any window here.
+    scan = case == "qwen2-mixed-sliding"  # mixed layer types inside one scan
+    pre = _compare(model, tmp_path, [30, 17, 6], kw["vocab_size"], scan_layers=scan)
+    assert pre.config.model_type == name
+    # Prompts of 5 and 9 tokens and 14 new ones: decoding runs past the windows.
+    _greedy_matches(model, pre, kw["vocab_size"], [5, 9], 14)
+
+
+def test_sliding_window_flash_path_matches_einsum():
+    """attention='xla' (jax.nn.dot_product_attention with a local window) on right-padded
+    rows equals the einsum path with its explicit sliding mask."""
+    import jax
+    import jax.numpy as jnp
+
+    from morejax.models import llama
+
+    cfg = llama.LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=48,
+        model_type="mistral",
+        sliding_window=5,
+    )
+    model = llama.LlamaForCausalLM(cfg)
+    ids, mask = _batch(50, [19, 11])
+    ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+    params = model.init(jax.random.key(0), ids)["params"]
+    want, _ = model.apply({"params": params}, ids, mask)
+    flash = llama.LlamaForCausalLM(cfg.replace(attention="xla"))
+    got, _ = flash.apply({"params": params}, ids, mask)
+    valid = np.asarray(mask).astype(bool)
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
+    with pytest.raises(ValueError, match="mixed sliding/full layers"):
+        mixed = cfg.replace(
+            attention="xla",
+            scan_layers=True,
+            layer_types=("full_attention", "sliding_attention"),
+        )
+        llama.LlamaForCausalLM(mixed).init(jax.random.key(0), ids)
+
+
 def test_both_layouts_give_the_same_config():
     from morejax.models.llama import LlamaConfig
 
@@ -166,3 +286,77 @@ def test_both_layouts_give_the_same_config():
         {**base, "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", **rope}}
     )
     assert new == old and new.rope_theta == 5e5 and new.rope_scaling.factor == 8.0
+
+
+@pytest.mark.parametrize("case", ["qwen2-biases-tied", "qwen3-qk-norm-head-dim-24"])
+def test_family_exports_load_in_peft_and_transformers(hf, tmp_path, case):
+    """A LoRA on a family with biases / per-head norms: `--format peft` loads in
+    `PeftModel.from_pretrained` and `--format merged` in the family's own class, both with
+    morejax's logits."""
+    import copy
+
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from peft import PeftModel
+
+    import morejax
+    from morejax import interop
+    from morejax.models.registry import load_pretrained
+
+    name, kw = FAMILY_CASES[case]
+    (config_cls, model_cls), kw = _family(hf, name, **kw)
+    model = model_cls(config_cls(**kw)).eval()
+    _save(model, tmp_path / "hf")
+    pre = load_pretrained(str(tmp_path / "hf"))
+    base, adapters = morejax.adapt(
+        pre.params,
+        {r".*/(q_proj|v_proj|down_proj)/kernel": morejax.LoRA(rank=4, alpha=8)},
+        jax.random.key(0),
+    )
+    # B starts at zero: move it so that the adapters change the logits.
+    adapters = jax.tree.map(
+        lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size)).reshape(x.shape), adapters
+    )
+    ids, mask = _batch(kw["vocab_size"], [12, 7])
+    want = np.asarray(morejax.call(pre.model.apply, base, adapters, ids, mask)[0])
+    t_ids, t_mask = torch.tensor(ids), torch.tensor(mask)
+    valid = mask.astype(bool)
+
+    out = interop.export_peft(base, adapters, pre.config, tmp_path / "peft")
+    served = PeftModel.from_pretrained(copy.deepcopy(model), str(out)).eval()
+    merged = interop.export_merged(base, adapters, pre.config, tmp_path / "merged")
+    reloaded = model_cls.from_pretrained(merged).eval()
+    for torch_model in (served, reloaded):
+        with torch.no_grad():
+            got = torch_model(input_ids=t_ids, attention_mask=t_mask).logits.numpy()
+        np.testing.assert_allclose(got[valid], want[valid], atol=2e-4, rtol=1e-4)
+    assert not np.allclose(want, np.asarray(pre.model.apply({"params": pre.params}, ids, mask)[0]))
+
+
+# Published parameter counts (the model cards' totals, embeddings included).
+PUBLISHED = {
+    "llama3.2-1b": 1_235_814_400,
+    "llama3.1-8b": 8_030_261_248,
+    "mistral-7b": 7_241_732_096,
+    "qwen2.5-0.5b": 494_032_768,
+    "qwen2.5-7b": 7_615_616_512,
+    "qwen3-8b": 8_190_735_360,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_named_configs_count_what_transformers_counts(hf, name):
+    """From shapes alone: equal to the model card and to transformers' own model built on the
+    meta device from the config.json morejax writes for it."""
+    import jax
+    import torch
+
+    from morejax.models import llama
+
+    cfg = llama.CONFIGS[name]
+    ours = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(llama.abstract_params(cfg)))
+    with torch.device("meta"):
+        theirs = hf.AutoModelForCausalLM.from_config(hf.AutoConfig.for_model(**cfg.to_hf_config()))
+    assert ours == sum(p.numel() for p in theirs.parameters()) == PUBLISHED[name]
+    assert llama.LlamaConfig.from_hf_config(cfg.to_hf_config()) == cfg

@@ -250,8 +250,8 @@ def test_dot_product_attention_matches_einsum_on_right_padded_rows():
 
 def test_named_configs_have_hf_parameter_counts():
     counts = {}
-    for name, cfg in CONFIGS.items():
-        shapes = llama.abstract_params(cfg.replace(scan_layers=True))
+    for name in ("smollm2-135m", "llama-7b", "llama-2-7b", "llama-3-8b"):  # others: families
+        shapes = llama.abstract_params(CONFIGS[name].replace(scan_layers=True))
         counts[name] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
     assert counts == {
         "smollm2-135m": 134_515_008,

@@ -56,8 +56,10 @@ def load_model(name: str, *, scan_layers: bool = True, dtype=None, param_dtype=N
 def _is_llama_dir(path) -> bool:
     import json
 
+    from morejax.models.llama import FAMILIES
+
     cfg = path / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "llama"
+    return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") in FAMILIES
 
 
 def _run_generate(args) -> int:

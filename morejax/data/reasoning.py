@@ -155,14 +155,10 @@ def _canonical(name: str) -> str | None:
 
 def data_dir(root: str | os.PathLike | None = None) -> Path:
     """The folder holding ``<set>/{train,test}.json``: ``root``, $MOREJAX_LLM_ADAPTERS_DIR,
-    or ``../shared/data/llm-adapters`` beside the repository."""
-    if root is not None:
-        return Path(root)
-    env = os.environ.get(ENV_DIR)
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    return repo.parent / "shared" / "data" / "llm-adapters"
+    or ``../shared/data/llm-adapters`` beside the project the user runs in."""
+    from morejax.data import folders
+
+    return Path(root) if root is not None else folders.shared_data("llm-adapters")
 
 
 def resolve_path(

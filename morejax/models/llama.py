@@ -1,7 +1,10 @@
-"""LLaMA-family decoder (LLaMA 1/2/3, SmolLM2) in Linen, with an explicit KV cache.
+"""LLaMA-family decoders (LLaMA 1/2/3, SmolLM2, Mistral, Qwen 2/2.5/3) in Linen, with an
+explicit KV cache.
 
-Every projection is a bias-free ``nn.Dense`` named as in Hugging Face, so the
-transform can adapt it unmodified and checkpoints map one-to-one. The KV cache
+The families differ by switches of one config (q/k/v biases, per-head q/k norms, sliding-window
+layers); `FAMILIES` maps each Hugging Face ``model_type`` to its architecture. Every projection
+is an ``nn.Dense`` named as in Hugging Face, so the transform can adapt it unmodified and
+checkpoints map one-to-one. The KV cache
 is a plain pytree passed in and returned (not a Flax ``cache`` collection) so
 that decoding loops can carry it through ``jax.jit`` / ``lax.while_loop`` without
 knowing how the parameters are structured.
@@ -121,6 +124,14 @@ class LlamaConfig:
     # causal mask and per-row key lengths, so their rows must be right-padded (training
     # batches are; generation is left-padded but runs with a cache, which uses einsum).
     attention: str = "einsum"
+    model_type: str = "llama"  # a key of FAMILIES: the Hugging Face architecture it exports as
+    qkv_bias: bool = False  # Qwen 2 (implied by its architecture), LLaMA attention_bias
+    o_bias: bool = False  # LLaMA / Qwen 3 attention_bias
+    qk_norm: bool = False  # Qwen 3: RMSNorm over each head's q and k before RoPE
+    # Keys a query at slot i attends to are slots (i - sliding_window, i] in the layers that
+    # `layer_types` marks "sliding_attention" (None: every layer, when sliding_window is set).
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -129,6 +140,18 @@ class LlamaConfig:
         object.__setattr__(self, "param_dtype", _as_dtype(self.param_dtype))
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if isinstance(self.layer_types, list):
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        if self.model_type not in FAMILIES:
+            raise ValueError(f"model_type={self.model_type!r}; choose one of {sorted(FAMILIES)}")
+        if self.layer_types is not None:
+            bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+            if bad or len(self.layer_types) != self.num_layers:
+                raise ValueError(
+                    f"layer_types must give one of {LAYER_TYPES} for each of the {self.num_layers} "
+                    f"layers; got {len(self.layer_types)} entries"
+                    + (f", unknown {bad}" if bad else "")
+                )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
@@ -145,6 +168,14 @@ class LlamaConfig:
     def replace(self, **changes) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
 
+    def sliding_layers(self) -> tuple[bool, ...]:
+        """Per layer: does it attend within the sliding window only?"""
+        if self.sliding_window is None:
+            return (False,) * self.num_layers
+        if self.layer_types is None:
+            return (True,) * self.num_layers
+        return tuple(t == "sliding_attention" for t in self.layer_types)
+
     @classmethod
     def from_hf_config(cls, hf: Mapping[str, Any], **overrides) -> LlamaConfig:
         """Reads a Hugging Face ``config.json`` dict, in the 4.x or the 5.x layout.
@@ -153,28 +184,26 @@ class LlamaConfig:
         checkpoint that loads must give transformers' logits.
         """
         model_type = hf.get("model_type", "llama")
-        if model_type != "llama":
+        if model_type not in FAMILIES:
             raise NotImplementedError(
-                f"config.json model_type {model_type!r}: this reader is for 'llama' only"
+                f"config.json model_type {model_type!r}: the decoders here are "
+                f"{', '.join(sorted(FAMILIES))}"
             )
         theta, scaling = _hf_rope(hf)
         act = hf.get("hidden_act", "silu")
         if act != "silu":
-            raise NotImplementedError(f"config.json hidden_act {act!r}: LLaMA uses 'silu'")
+            raise NotImplementedError(f"config.json hidden_act {act!r}: {model_type} uses 'silu'")
         if hf.get("partial_rotary_factor", 1.0) != 1.0:
             raise NotImplementedError(
-                f"config.json partial_rotary_factor={hf['partial_rotary_factor']}: LLaMA rotates "
-                "the whole head"
+                f"config.json partial_rotary_factor={hf['partial_rotary_factor']}: the whole "
+                "head is rotated here"
             )
-        for field in ("attention_bias", "mlp_bias"):
-            if hf.get(field):
-                raise NotImplementedError(f"config.json {field}=true: LLaMA here has no biases")
-        if hf.get("sliding_window") is not None:
-            raise NotImplementedError(
-                f"config.json sliding_window={hf['sliding_window']}: LLaMA attends to every "
-                "earlier token"
-            )
+        if hf.get("mlp_bias"):
+            raise NotImplementedError("config.json mlp_bias=true: the MLP here has no biases")
+        window, layer_types = _hf_sliding(hf, model_type)
+        attention_bias = bool(hf.get("attention_bias", False))
         kw = dict(
+            model_type=model_type,
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             num_layers=hf["num_hidden_layers"],
@@ -190,6 +219,11 @@ class LlamaConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=hf.get("eos_token_id"),
             initializer_range=float(hf.get("initializer_range", 0.02)),
+            qkv_bias=model_type == "qwen2" or attention_bias,
+            o_bias=attention_bias and model_type != "qwen2",
+            qk_norm=model_type == "qwen3",
+            sliding_window=window,
+            layer_types=layer_types,
         )
         kw.update(overrides)
         return cls(**kw)
@@ -197,8 +231,8 @@ class LlamaConfig:
     def to_hf_config(self) -> dict[str, Any]:
         """The ``config.json`` dict that Hugging Face ``LlamaForCausalLM`` reads back."""
         out = {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [FAMILIES[self.model_type]],
+            "model_type": self.model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_layers,
@@ -218,13 +252,68 @@ class LlamaConfig:
                 else self.eos_token_id
             ),
             "initializer_range": self.initializer_range,
-            "attention_bias": False,
             "mlp_bias": False,
             "torch_dtype": jnp.dtype(self.param_dtype).name,
         }
+        if self.model_type != "qwen2":  # Qwen 2's q/k/v biases are its architecture's
+            out["attention_bias"] = self.o_bias
+            if self.qkv_bias != self.o_bias:
+                raise ValueError(f"{self.model_type} has biases on all of q,k,v,o or none")
+        if self.model_type in ("qwen2", "qwen3"):
+            out["use_sliding_window"] = self.sliding_window is not None
+        if self.sliding_window is not None or self.model_type == "mistral":
+            out["sliding_window"] = self.sliding_window
+        if self.layer_types is not None:
+            out["layer_types"] = list(self.layer_types)
+        elif self.model_type in ("qwen2", "qwen3"):
+            out["layer_types"] = [
+                "sliding_attention" if x else "full_attention" for x in self.sliding_layers()
+            ]
         if self.rope_scaling is not None:
             out["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
         return out
+
+
+# Hugging Face model_type -> the architecture class a checkpoint of it loads as.
+FAMILIES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _hf_sliding(hf: Mapping[str, Any], model_type: str):
+    """(sliding_window, layer_types) as transformers builds them for each family."""
+    window = hf.get("sliding_window")
+    if model_type == "llama":
+        if window is not None:
+            raise NotImplementedError(
+                f"config.json sliding_window={window}: LLaMA attends to every earlier token"
+            )
+        return None, None
+    if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
+        window = None
+    layer_types = hf.get("layer_types")
+    if model_type == "mistral" and layer_types is not None:
+        raise NotImplementedError(
+            "config.json layer_types on a mistral model: alternating attention is Ministral's"
+        )
+    if layer_types is None and window is not None and model_type != "mistral":
+        first = int(hf.get("max_window_layers", 28))
+        layer_types = [
+            "sliding_attention" if i >= first else "full_attention"
+            for i in range(hf["num_hidden_layers"])
+        ]
+    if layer_types is not None:
+        bad = sorted(set(layer_types) - set(LAYER_TYPES))
+        if bad:
+            raise NotImplementedError(f"config.json layer_types {bad}: known {LAYER_TYPES}")
+        if window is None and "sliding_attention" in layer_types:
+            raise ValueError("config.json layer_types has sliding layers but no sliding_window")
+        layer_types = tuple(layer_types) if window is not None else None
+    return (None if window is None else int(window)), layer_types
 
 
 _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -318,6 +407,95 @@ CONFIGS: dict[str, LlamaConfig] = {
         bos_token_id=128000,
         eos_token_id=128001,
     ),
+    "llama3.2-1b": LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        num_layers=16,
+        num_heads=32,
+        num_kv_heads=8,
+        intermediate_size=8192,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=32.0),
+        rms_norm_eps=1e-5,
+        tie_embeddings=True,
+        max_seq_len=131072,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "llama3.1-8b": LlamaConfig(
+        vocab_size=128256,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        intermediate_size=14336,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(factor=8.0),
+        rms_norm_eps=1e-5,
+        max_seq_len=131072,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "mistral-7b": LlamaConfig(
+        model_type="mistral",
+        vocab_size=32000,
+        hidden_size=4096,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=8,
+        intermediate_size=14336,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_seq_len=32768,
+        sliding_window=4096,
+    ),
+    "qwen2.5-0.5b": LlamaConfig(
+        model_type="qwen2",
+        vocab_size=151936,
+        hidden_size=896,
+        num_layers=24,
+        num_heads=14,
+        num_kv_heads=2,
+        intermediate_size=4864,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_embeddings=True,
+        max_seq_len=32768,
+        bos_token_id=151643,
+        eos_token_id=151643,
+        qkv_bias=True,
+    ),
+    "qwen2.5-7b": LlamaConfig(
+        model_type="qwen2",
+        vocab_size=152064,
+        hidden_size=3584,
+        num_layers=28,
+        num_heads=28,
+        num_kv_heads=4,
+        intermediate_size=18944,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        max_seq_len=131072,
+        bos_token_id=151643,
+        eos_token_id=151643,
+        qkv_bias=True,
+    ),
+    "qwen3-8b": LlamaConfig(
+        model_type="qwen3",
+        vocab_size=151936,
+        hidden_size=4096,
+        num_layers=36,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        intermediate_size=12288,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        max_seq_len=40960,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        qk_norm=True,
+    ),
 }
 
 
@@ -373,10 +551,10 @@ def apply_rope(x_BxLxHxK, sin_BxLx1xK, cos_BxLx1xK):
     return (x32 * cos_BxLx1xK + rotated * sin_BxLx1xK).astype(x_BxLxHxK.dtype)
 
 
-def _dense(config: LlamaConfig, features: int, name: str | None = None) -> nn.Dense:
+def _dense(config: LlamaConfig, features: int, name: str | None = None, bias=False) -> nn.Dense:
     return nn.Dense(
         features,
-        use_bias=False,
+        use_bias=bias,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
         kernel_init=nn.initializers.normal(config.initializer_range),
@@ -390,13 +568,24 @@ class LlamaAttention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, kv_cache, end):
+    def __call__(self, x_BxLxD, sin_BxLx1xK, cos_BxLx1xK, masks, kv_cache, end, sliding):
+        """`masks`: the (full causal, sliding-window) masks (B, L, S); `sliding` picks one, a
+        Python bool, or a traced one per layer inside a scan (which only einsum can follow)."""
         c = self.config
+        full_BxLxS, window_BxLxS = masks
+        if isinstance(sliding, bool):
+            mask_BxLxS = window_BxLxS if sliding else full_BxLxS
+        else:
+            mask_BxLxS = jnp.where(sliding, window_BxLxS, full_BxLxS)
         B, L, _ = x_BxLxD.shape
         H, G, K = c.num_heads, c.num_kv_heads, c.head_dim
-        q_BxLxHxK = _dense(c, H * K, "q_proj")(x_BxLxD).reshape(B, L, H, K)
-        k_BxLxGxK = _dense(c, G * K, "k_proj")(x_BxLxD).reshape(B, L, G, K)
-        v_BxLxGxK = _dense(c, G * K, "v_proj")(x_BxLxD).reshape(B, L, G, K)
+        q_BxLxHxK = _dense(c, H * K, "q_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, H, K)
+        k_BxLxGxK = _dense(c, G * K, "k_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, G, K)
+        v_BxLxGxK = _dense(c, G * K, "v_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, G, K)
+        if c.qk_norm:
+            norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)  # noqa: E731
+            q_BxLxHxK = norm("q_norm")(q_BxLxHxK)
+            k_BxLxGxK = norm("k_norm")(k_BxLxGxK)
         q_BxLxHxK = apply_rope(q_BxLxHxK, sin_BxLx1xK, cos_BxLx1xK)
         k_BxLxGxK = apply_rope(k_BxLxGxK, sin_BxLx1xK, cos_BxLx1xK)
 
@@ -414,18 +603,26 @@ class LlamaAttention(nn.Module):
             new_cache = (k_BxSxGxK, v_BxSxGxK)
 
         if kv_cache is None and c.attention != "einsum":
+            if not isinstance(sliding, bool):
+                raise ValueError(
+                    f"attention={c.attention!r} cannot follow mixed sliding/full layers inside "
+                    "scan_layers=True: use attention='einsum' or scan_layers=False"
+                )
             # Query head h shares KV head h // (H // G) here too. Right padding: the last
-            # query row's mask is the row's key validity.
-            lengths_B = mask_BxLxS[:, -1, :].sum(-1, dtype=jnp.int32)
+            # query row's full causal mask is the row's key validity.
+            lengths_B = full_BxLxS[:, -1, :].sum(-1, dtype=jnp.int32)
             out_BxLxHxK = jax.nn.dot_product_attention(
                 q_BxLxHxK.astype(c.dtype),
                 k_BxLxGxK.astype(c.dtype),
                 v_BxLxGxK.astype(c.dtype),
                 is_causal=True,
                 key_value_seq_lengths=lengths_B,
+                local_window_size=(c.sliding_window - 1, 0) if sliding else None,
                 implementation=c.attention,
             )
-            out_BxLxD = _dense(c, c.hidden_size, "o_proj")(out_BxLxHxK.reshape(B, L, H * K))
+            out_BxLxD = _dense(c, c.hidden_size, "o_proj", c.o_bias)(
+                out_BxLxHxK.reshape(B, L, H * K)
+            )
             return out_BxLxD, None
 
         # Query head h = g * R + r shares KV head g (Hugging Face repeat_kv order).
@@ -437,7 +634,7 @@ class LlamaAttention(nn.Module):
         scores_BxGxRxLxS = jnp.where(mask_BxLxS[:, None, None, :, :], scores_BxGxRxLxS, _MASK_VALUE)
         probs_BxGxRxLxS = jax.nn.softmax(scores_BxGxRxLxS, axis=-1).astype(c.dtype)
         out_BxLxGxRxK = jnp.einsum("bgrls,bsgk->blgrk", probs_BxGxRxLxS, v_BxSxGxK.astype(c.dtype))
-        out_BxLxD = _dense(c, c.hidden_size, "o_proj")(out_BxLxGxRxK.reshape(B, L, H * K))
+        out_BxLxD = _dense(c, c.hidden_size, "o_proj", c.o_bias)(out_BxLxGxRxK.reshape(B, L, H * K))
         return out_BxLxD, new_cache
 
 
@@ -455,17 +652,22 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block; signature ``(carry, *xs) -> (carry, ys)`` so nn.scan can stack it."""
+    """Pre-norm block; signature ``(carry, *xs) -> (carry, ys)`` so nn.scan can stack it.
+
+    `sliding` is this layer's attention type when it is known statically; None takes it from
+    the scanned `sliding_flag` (scanned layers of mixed types)."""
 
     config: LlamaConfig
+    sliding: bool | None = False
 
     @nn.compact
-    def __call__(self, x_BxLxD, kv_cache, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, end):
+    def __call__(self, x_BxLxD, kv_cache, sin_BxLx1xK, cos_BxLx1xK, masks, end, sliding_flag):
         c = self.config
         norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)
         h_BxLxD = norm("input_layernorm")(x_BxLxD)
+        sliding = sliding_flag if self.sliding is None else self.sliding
         attn_BxLxD, new_cache = LlamaAttention(c, name="self_attn")(
-            h_BxLxD, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, kv_cache, end
+            h_BxLxD, sin_BxLx1xK, cos_BxLx1xK, masks, kv_cache, end, sliding
         )
         x_BxLxD = x_BxLxD + attn_BxLxD
         h_BxLxD = norm("post_attention_layernorm")(x_BxLxD)
@@ -538,18 +740,19 @@ class LlamaForCausalLM(nn.Module):
         policy = REMAT_POLICIES[c.remat]
         if c.remat != "none":
             block = nn.remat(block, policy=policy, prevent_cse=not c.scan_layers)
+        kinds = c.sliding_layers()
         if c.scan_layers:
             block = nn.scan(
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=c.num_layers,
             )
-            self.layers = block(c)
+            self.layers = block(c, kinds[0] if len(set(kinds)) == 1 else None)
         else:
             # setup names list entries layers_0, layers_1, ...
-            self.layers = [block(c) for _ in range(c.num_layers)]
+            self.layers = [block(c, kind) for kind in kinds]
         self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
         if not c.tie_embeddings:
             self.lm_head = _dense(c, c.vocab_size)
@@ -583,19 +786,28 @@ class LlamaForCausalLM(nn.Module):
             causal_LxS = jnp.arange(S)[None, :] <= end + jnp.arange(L)[:, None]
             new_mask = key_valid_BxS
         mask_BxLxS = key_valid_BxS[:, None, :] & causal_LxS[None, :, :]
+        masks = (mask_BxLxS, mask_BxLxS)
+        if c.sliding_window is not None:
+            # Slots, not positions: a row's real tokens are contiguous (padding only leads or
+            # trails), so slot distance is token distance, as in transformers' masks.
+            S = key_valid_BxS.shape[1]
+            q_slots_L = jnp.arange(L) + (0 if cache is None else end)
+            near_LxS = jnp.arange(S)[None, :] > q_slots_L[:, None] - c.sliding_window
+            masks = (mask_BxLxS, mask_BxLxS & near_LxS[None, :, :])
 
         sin_BxLx1xK, cos_BxLx1xK = rope_sin_cos(positions_BxL, jnp.asarray(rope_inv_freq(c)))
         x_BxLxD = self.embed_tokens(input_ids_BxL)
 
         if c.scan_layers:
             kv = None if cache is None else (cache["k"], cache["v"])
-            x_BxLxD, kv = self.layers(x_BxLxD, kv, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, end)
+            flags_N = jnp.asarray(c.sliding_layers())
+            x_BxLxD, kv = self.layers(x_BxLxD, kv, sin_BxLx1xK, cos_BxLx1xK, masks, end, flags_N)
             new_k, new_v = (None, None) if kv is None else kv
         else:
             new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
                 kv = None if cache is None else (cache["k"][i], cache["v"][i])
-                x_BxLxD, kv = layer(x_BxLxD, kv, sin_BxLx1xK, cos_BxLx1xK, mask_BxLxS, end)
+                x_BxLxD, kv = layer(x_BxLxD, kv, sin_BxLx1xK, cos_BxLx1xK, masks, end, None)
                 if kv is not None:
                     new_k.append(kv[0])
                     new_v.append(kv[1])
@@ -625,17 +837,27 @@ def abstract_params(config: LlamaConfig):
 
 # ----------------------------------------------------------------------------- HF names
 
-_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
+_LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _LAYER_NAMES = {
-    "self_attn.q_proj": ("self_attn", "q_proj", "kernel"),
-    "self_attn.k_proj": ("self_attn", "k_proj", "kernel"),
-    "self_attn.v_proj": ("self_attn", "v_proj", "kernel"),
-    "self_attn.o_proj": ("self_attn", "o_proj", "kernel"),
-    "mlp.gate_proj": ("mlp", "gate_proj", "kernel"),
-    "mlp.up_proj": ("mlp", "up_proj", "kernel"),
-    "mlp.down_proj": ("mlp", "down_proj", "kernel"),
-    "input_layernorm": ("input_layernorm", "scale"),
-    "post_attention_layernorm": ("post_attention_layernorm", "scale"),
+    f"{module}.{kind}": (*module.split("."), leaf)
+    for module in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
+    for kind, leaf in (("weight", "kernel"), ("bias", "bias"))
+} | {
+    f"{norm}.weight": (*norm.split("."), "scale")
+    for norm in (
+        "input_layernorm",
+        "post_attention_layernorm",
+        "self_attn.q_norm",
+        "self_attn.k_norm",
+    )
 }
 _TOP_NAMES = {
     "model.embed_tokens.weight": ("embed_tokens", "embedding"),
@@ -648,6 +870,19 @@ def _transpose(w: np.ndarray) -> np.ndarray:
     return np.asarray(w).T
 
 
+def _layer_names(config: LlamaConfig) -> set[str]:
+    """The per-layer tensor names a checkpoint of this config holds."""
+    names = {n for n in _LAYER_NAMES if n.endswith(".weight") and "_norm." not in n}
+    names |= {"input_layernorm.weight", "post_attention_layernorm.weight"}
+    if config.qkv_bias:
+        names |= {f"self_attn.{p}_proj.bias" for p in "qkv"}
+    if config.o_bias:
+        names.add("self_attn.o_proj.bias")
+    if config.qk_norm:
+        names |= {"self_attn.q_norm.weight", "self_attn.k_norm.weight"}
+    return names
+
+
 def hf_rename(config: LlamaConfig):
     """HF safetensors name -> (morejax path, layer index, transform), for weights.load_params.
 
@@ -655,13 +890,15 @@ def hf_rename(config: LlamaConfig):
     Rotary ``inv_freq`` buffers and a tied ``lm_head.weight`` are ignored.
     """
 
+    names = _layer_names(config)
+
     def rename(name: str):
         if name.endswith("rotary_emb.inv_freq"):
             return None
         m = _LAYER_RE.fullmatch(name)
         if m is not None:
             i, sub = int(m.group(1)), m.group(2)
-            if sub not in _LAYER_NAMES:
+            if sub not in names:
                 raise KeyError(name)
             rest = _LAYER_NAMES[sub]
             transform = _transpose if rest[-1] == "kernel" else None
@@ -693,13 +930,11 @@ def hf_inverse_rename(config: LlamaConfig):
         transform = _transpose if rest[-1] == "kernel" else None
         sub = layer[rest]
         if config.scan_layers and head == "layers":
-            return [
-                (f"model.layers.{i}.{sub}.weight", i, transform) for i in range(config.num_layers)
-            ]
+            return [(f"model.layers.{i}.{sub}", i, transform) for i in range(config.num_layers)]
         m = re.fullmatch(r"layers_(\d+)", head)
         if m is None:
             raise KeyError(f"no Hugging Face name for {'/'.join(path)}")
-        return [(f"model.layers.{m.group(1)}.{sub}.weight", None, transform)]
+        return [(f"model.layers.{m.group(1)}.{sub}", None, transform)]
 
     return inverse
 

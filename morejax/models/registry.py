@@ -82,7 +82,9 @@ def load_pretrained(
         path = find_model_dir(name)
     elif os.path.isdir(name):
         path = Path(name)
-        if _model_type(path) == "llama":
+        from morejax.models.llama import FAMILIES
+
+        if _model_type(path) in FAMILIES:
             if head not in (None, "lm"):
                 raise ValueError(f"{path} is a causal LM; head {head!r} is not available")
             return _load_llama_dir(path, scan_layers, dtype, param_dtype, config_overrides)
@@ -123,8 +125,11 @@ def _load_bert_dir(
         raise FileNotFoundError(f"{path} has no config.json")
     hf = json.loads(config_file.read_text())
     if hf.get("model_type", "bert") not in ("bert", "roberta", "xlm-roberta", "camembert"):
+        from morejax.models.llama import FAMILIES
+
         raise ValueError(
-            f"{path}: model_type {hf.get('model_type')!r} is not a BERT/RoBERTa encoder"
+            f"{path}: model_type {hf.get('model_type')!r} is not supported; encoders: bert, "
+            f"roberta, xlm-roberta, camembert; decoders: {', '.join(sorted(FAMILIES))}"
         )
     if head not in bert.MODELS:
         raise ValueError(f"head must be one of {[k for k in bert.MODELS if k]}, got {head!r}")
