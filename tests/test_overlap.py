@@ -128,3 +128,14 @@ def test_the_opt_out_field_leaves_finished_points_keys_alone():
     assert config_key(C.load(ROOT / "configs" / "smoke_tiny.py")) == key
     C.apply_overrides(cfg, {"data.allow_test_overlap": True})
     assert config_key(cfg) != key
+
+
+def test_a_run_saved_before_the_field_existed_resumes():
+    from morejax.train import config as C
+
+    new = C.to_json(C.resolve(C.load(ROOT / "configs" / "smoke_tiny.py")))
+    old = {k: v for k, v in new.items() if k != "data.allow_test_overlap"}
+    assert C.changed_fields(old, new) == []
+    assert C.changed_fields(old, {**new, "data.allow_test_overlap": True}) == [
+        "data.allow_test_overlap: None -> True"
+    ]

@@ -108,31 +108,9 @@ def _row(point: dict, out: dict | None, member: int | None, status: str, error: 
     return row
 
 
-# Fields added after results were recorded, at the value that reproduces those results: left
-# out of the key, so that adding a field does not orphan every finished point.
-KEY_NEUTRAL = {
-    "data.allow_test_overlap": False,
-    "data.train": None,
-    "data.validation": None,
-    "data.test": None,
-    "data.text": None,
-    "data.label": None,
-    "data.task_type": None,
-    "data.classes": None,
-    "data.metric": None,
-    "data.validation_fraction": 0.1,
-    "data.chat_template": None,
-    "data.exact_match": False,
-    "data.answer_regex": None,
-}
-
-
 def config_key(cfg) -> str:
     """A short hash of the resolved config: a sweep point's results belong to exactly it."""
-    resolved = config.to_json(config.resolve(cfg))
-    for path, value in KEY_NEUTRAL.items():
-        if path in resolved and resolved[path] == value:
-            del resolved[path]
+    resolved = config.without_neutral(config.to_json(config.resolve(cfg)))
     text = json.dumps(resolved, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 

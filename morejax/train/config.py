@@ -891,11 +891,41 @@ RESUME_SAFE = (
 )
 
 
+# Fields added after runs and results were recorded, at the value that reproduces them: a
+# record without the field had this value. Left out of sweep keys and resume checks, so that
+# adding a field orphans no finished point and fails no resumed run.
+NEUTRAL_DEFAULTS = {
+    "data.allow_test_overlap": False,
+    "data.train": None,
+    "data.validation": None,
+    "data.test": None,
+    "data.text": None,
+    "data.label": None,
+    "data.task_type": None,
+    "data.classes": None,
+    "data.metric": None,
+    "data.validation_fraction": 0.1,
+    "data.chat_template": None,
+    "data.exact_match": False,
+    "data.answer_regex": None,
+}
+
+
+def without_neutral(resolved: Mapping) -> dict:
+    """The `to_json` form less the fields at their NEUTRAL_DEFAULTS value."""
+    return {
+        k: v
+        for k, v in resolved.items()
+        if not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
+    }
+
+
 def changed_fields(old: Mapping, new: Mapping, ignore: Iterable[str] = RESUME_SAFE) -> list[str]:
     """`path: old -> new` per field (`to_json` form) where `new` changes a run made with `old`,
     `ignore`d fields left out; none when either is unknown (empty)."""
     if not (old and new):
         return []
+    old, new = without_neutral(old), without_neutral(new)
     keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in ignore)
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys]
 
