@@ -4,6 +4,7 @@ from morejax import paths, subspace
 from morejax.methods import DoRA, Full, LoRA, MiLoRA, MoRe, MoReMinor, PiSSA
 from morejax.transform import (
     ALL_LINEAR,
+    PRESETS,
     Adapter,
     Layout,
     adapt,
@@ -23,6 +24,7 @@ from morejax.transform import (
 
 __all__ = [
     "ALL_LINEAR",
+    "PRESETS",
     "Adapter",
     "DoRA",
     "Full",

@@ -28,6 +28,17 @@ ADAPTER_SUFFIX = "@adapter"  # a kernel's factors sit beside it in `params` as `
 ALL_LINEAR = "all-linear"
 # Kept out of `all-linear`, as PEFT keeps the output layer out: heads train fully or not at all.
 HEAD_PATTERN = r"(.*/)?(head|lm_head|classifier|pooler)(/.*)?"
+# Named targets, usable as a rule key like `all-linear`. Each holds across the families (BERT /
+# RoBERTa, the LLaMA-style decoders; fused Phi-3 kernels count as one matrix, as in PEFT):
+# `more-paper` is the MoRe paper's q,k,v, `milora-paper` MiLoRA's q,k,v,up,down.
+_Q_K_V = r"self_attn/(q_proj|k_proj|v_proj|qkv_proj)|attention/(query|key|value)"
+PRESETS = {
+    "attention": rf".*/({_Q_K_V}|self_attn/o_proj|attention/output/dense)/kernel",
+    "mlp": r".*/(mlp/(gate_proj|up_proj|down_proj|gate_up_proj)"
+    r"|layers(_\d+)?/(intermediate|output)/dense)/kernel",
+    "more-paper": rf".*/({_Q_K_V})/kernel",
+    "milora-paper": rf".*/({_Q_K_V}|mlp/(up_proj|gate_up_proj|down_proj))/kernel",
+}
 
 
 class Layout(NamedTuple):
@@ -136,7 +147,7 @@ def plan(params, rules, *, exclude: Sequence[str] = (), layout=None) -> dict[str
             if pattern == ALL_LINEAR:
                 hit = not head.fullmatch(path_s)
             else:
-                hit = re.fullmatch(pattern, path_s) is not None
+                hit = re.fullmatch(PRESETS.get(pattern, pattern), path_s) is not None
             if hit:
                 hits[i] += 1
                 if method is not None:
@@ -147,7 +158,8 @@ def plan(params, rules, *, exclude: Sequence[str] = (), layout=None) -> dict[str
         listing = "\n  ".join(f"{k}  {tuple(v.shape)}" for k, v in kernels.items()) or "(none)"
         raise ValueError(
             f"adapter rule(s) {unmatched} matched no kernel (patterns are fullmatched against "
-            f"'/'-joined paths, after `exclude`). The kernels are:\n  {listing}"
+            f"'/'-joined paths, after `exclude`; named targets: {ALL_LINEAR}, "
+            f"{', '.join(PRESETS)}). The kernels are:\n  {listing}"
         )
     return chosen
 
