@@ -150,7 +150,9 @@ def test_llama_tied_default_rope_folder_matches_transformers(hf, tmp_path):
     [
         ({"rope_parameters": {"rope_theta": 1e4, "rope_type": "yarn", "factor": 4.0}}, "yarn"),
         ({"hidden_act": "gelu"}, "hidden_act"),
-        ({"model_type": "gemma2"}, "gemma2"),
+        ({"model_type": "mixtral"}, "mixtral.*mixture-of-experts"),
+        ({"model_type": "gemma2", "hidden_activation": "gelu"}, "hidden_activation"),
+        ({"model_type": "gemma2", "use_bidirectional_attention": True}, "bidirectional"),
         (
             {
                 "model_type": "qwen2",
@@ -200,7 +202,19 @@ def _family(hf, name, **kw):
         "qwen2": (hf.Qwen2Config, hf.Qwen2ForCausalLM),
         "qwen3": (hf.Qwen3Config, hf.Qwen3ForCausalLM),
         "llama": (hf.LlamaConfig, hf.LlamaForCausalLM),
+        "gemma2": (hf.Gemma2Config, hf.Gemma2ForCausalLM),
     }[name], {**small, **kw}
+
+
+def _perturb_norms(model):
+    """Norm weights away from their init (ones, or Gemma's zeros), so that w and 1 + w differ."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    return model
 
 
 # Each case varies what its family changes: the window (shorter than the rows), GQA, biases,
@@ -214,6 +228,18 @@ FAMILY_CASES = {
     ),
     "qwen3-qk-norm-head-dim-24": ("qwen3", dict(head_dim=24, num_key_value_heads=4)),
     "llama-attention-bias": ("llama", dict(attention_bias=True, num_key_value_heads=4)),
+    # Larger weights so that both soft-caps bite; query_pre_attn_scalar != head_dim.
+    "gemma2-softcaps-window-6": (
+        "gemma2",
+        dict(
+            head_dim=16,
+            sliding_window=6,
+            query_pre_attn_scalar=24,
+            attn_logit_softcapping=5.0,
+            final_logit_softcapping=10.0,
+            initializer_range=0.2,
+        ),
+    ),
 }
 
 
@@ -221,7 +247,7 @@ FAMILY_CASES = {
 def test_family_folder_matches_transformers_logits_and_greedy_generation(hf, tmp_path, case):
     name, kw = FAMILY_CASES[case]
     (config_cls, model_cls), kw = _family(hf, name, **kw)
-    model = model_cls(config_cls(**kw)).eval()
+    model = _perturb_norms(model_cls(config_cls(**kw)).eval())
     written = _save(model, tmp_path)
     assert written["model_type"] == name
     # Rows of 30, 17 and 6 tokens: longer and shorter than any window here.
@@ -266,6 +292,8 @@ def test_sliding_window_flash_path_matches_einsum():
             layer_types=("full_attention", "sliding_attention"),
         )
         llama.LlamaForCausalLM(mixed).init(jax.random.key(0), ids)
+    with pytest.raises(ValueError, match="no logit soft-capping"):
+        llama.CONFIGS["gemma2-2b"].replace(attention="xla")
 
 
 def test_both_layouts_give_the_same_config():
@@ -288,7 +316,9 @@ def test_both_layouts_give_the_same_config():
     assert new == old and new.rope_theta == 5e5 and new.rope_scaling.factor == 8.0
 
 
-@pytest.mark.parametrize("case", ["qwen2-biases-tied", "qwen3-qk-norm-head-dim-24"])
+@pytest.mark.parametrize(
+    "case", ["qwen2-biases-tied", "qwen3-qk-norm-head-dim-24", "gemma2-softcaps-window-6"]
+)
 def test_family_exports_load_in_peft_and_transformers(hf, tmp_path, case):
     """A LoRA on a family with biases / per-head norms: `--format peft` loads in
     `PeftModel.from_pretrained` and `--format merged` in the family's own class, both with
@@ -342,6 +372,8 @@ PUBLISHED = {
     "qwen2.5-0.5b": 494_032_768,
     "qwen2.5-7b": 7_615_616_512,
     "qwen3-8b": 8_190_735_360,
+    "gemma2-2b": 2_614_341_888,
+    "gemma2-9b": 9_241_705_984,
 }
 
 

@@ -1,8 +1,9 @@
-"""LLaMA-family decoders (LLaMA 1/2/3, SmolLM2, Mistral, Qwen 2/2.5/3) in Linen, with an
-explicit KV cache.
+"""LLaMA-family decoders (LLaMA 1/2/3, SmolLM2, Mistral, Qwen 2/2.5/3, Gemma 2) in Linen, with
+an explicit KV cache.
 
 The families differ by switches of one config (q/k/v biases, per-head q/k norms, sliding-window
-layers); `FAMILIES` maps each Hugging Face ``model_type`` to its architecture. Every projection
+layers, Gemma's norms and soft-capping); `FAMILIES` maps each Hugging Face ``model_type`` to its
+architecture and `FAMILY_TRAITS` to the switches it fixes. Every projection
 is an ``nn.Dense`` named as in Hugging Face, so the transform can adapt it unmodified and
 checkpoints map one-to-one. The KV cache
 is a plain pytree passed in and returned (not a Flax ``cache`` collection) so
@@ -132,6 +133,17 @@ class LlamaConfig:
     # `layer_types` marks "sliding_attention" (None: every layer, when sliding_window is set).
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
+    pad_token_id: int | None = None  # written back: some families' defaults lie outside a vocab
+    # Switches an architecture fixes (None: the model_type's, from FAMILY_TRAITS).
+    hidden_act: str | None = None  # the gate's activation, a key of ACTIVATIONS
+    norm_plus_one: bool | None = None  # Gemma: RMSNorm scales by (1 + w), w stored
+    sandwich_norms: bool | None = None  # Gemma: attention and MLP outputs normed too
+    scale_embeddings: bool | None = None  # Gemma: embeddings times sqrt(hidden_size)
+    # Gemma: scores scaled by query_pre_attn_scalar**-0.5 (None: head_dim's); c * tanh(x / c)
+    # caps of the attention scores and of the final logits.
+    query_pre_attn_scalar: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -144,6 +156,21 @@ class LlamaConfig:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
         if self.model_type not in FAMILIES:
             raise ValueError(f"model_type={self.model_type!r}; choose one of {sorted(FAMILIES)}")
+        for name, value in FAMILY_TRAITS[self.model_type].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+            elif getattr(self, name) != value:
+                raise ValueError(
+                    f"{self.model_type} has {name}={value!r}, got {getattr(self, name)!r}: "
+                    "no Hugging Face architecture holds that combination"
+                )
+        for name, families in _FAMILY_FIELDS.items():
+            default = type(self).__dataclass_fields__[name].default
+            if getattr(self, name) != default and self.model_type not in families:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} is {'/'.join(families)} only: {self.model_type} "
+                    "has no such setting"
+                )
         if self.layer_types is not None:
             bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
             if bad or len(self.layer_types) != self.num_layers:
@@ -163,6 +190,12 @@ class LlamaConfig:
         if self.attention not in ATTENTION:
             raise ValueError(
                 f"attention={self.attention!r}; choose one of {ATTENTION} (cudnn: GPU)"
+            )
+        if self.attention != "einsum" and self.attn_softcap is not None:
+            raise ValueError(
+                f"attention={self.attention!r}: jax.nn.dot_product_attention has no logit "
+                f"soft-capping, which {self.model_type} (attn_softcap={self.attn_softcap}) needs; "
+                "use attention='einsum'"
             )
 
     def replace(self, **changes) -> LlamaConfig:
@@ -185,14 +218,21 @@ class LlamaConfig:
         """
         model_type = hf.get("model_type", "llama")
         if model_type not in FAMILIES:
+            why = NOT_IMPLEMENTED.get(model_type, "")
             raise NotImplementedError(
-                f"config.json model_type {model_type!r}: the decoders here are "
-                f"{', '.join(sorted(FAMILIES))}"
+                f"config.json model_type {model_type!r}: {why + '; ' if why else ''}the decoders "
+                f"here are {', '.join(sorted(FAMILIES))}"
             )
+        hf = {**_HF_DEFAULTS.get(model_type, {}), **hf}
+        gemma = model_type in ("gemma2",)
         theta, scaling = _hf_rope(hf)
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise NotImplementedError(f"config.json hidden_act {act!r}: {model_type} uses 'silu'")
+        act_field = "hidden_activation" if gemma else "hidden_act"
+        act = hf.get(act_field, "silu")
+        if act != FAMILY_TRAITS[model_type]["hidden_act"]:
+            raise NotImplementedError(
+                f"config.json {act_field} {act!r}: {model_type} uses "
+                f"{FAMILY_TRAITS[model_type]['hidden_act']!r}"
+            )
         if hf.get("partial_rotary_factor", 1.0) != 1.0:
             raise NotImplementedError(
                 f"config.json partial_rotary_factor={hf['partial_rotary_factor']}: the whole "
@@ -200,6 +240,10 @@ class LlamaConfig:
             )
         if hf.get("mlp_bias"):
             raise NotImplementedError("config.json mlp_bias=true: the MLP here has no biases")
+        if hf.get("use_bidirectional_attention"):
+            raise NotImplementedError(
+                "config.json use_bidirectional_attention=true: the decoders here are causal"
+            )
         window, layer_types = _hf_sliding(hf, model_type)
         attention_bias = bool(hf.get("attention_bias", False))
         kw = dict(
@@ -218,6 +262,7 @@ class LlamaConfig:
             max_seq_len=int(hf.get("max_position_embeddings", 2048)),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=hf.get("eos_token_id"),
+            pad_token_id=hf.get("pad_token_id"),
             initializer_range=float(hf.get("initializer_range", 0.02)),
             qkv_bias=model_type == "qwen2" or attention_bias,
             o_bias=attention_bias and model_type != "qwen2",
@@ -225,6 +270,12 @@ class LlamaConfig:
             sliding_window=window,
             layer_types=layer_types,
         )
+        if gemma:
+            kw.update(
+                query_pre_attn_scalar=hf.get("query_pre_attn_scalar"),
+                attn_softcap=hf.get("attn_logit_softcapping"),
+                final_softcap=hf.get("final_logit_softcapping"),
+            )
         kw.update(overrides)
         return cls(**kw)
 
@@ -240,7 +291,7 @@ class LlamaConfig:
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
             "intermediate_size": self.intermediate_size,
-            "hidden_act": "silu",
+            ("hidden_activation" if self.model_type == "gemma2" else "hidden_act"): self.hidden_act,
             "rope_theta": self.rope_theta,
             "rms_norm_eps": self.rms_norm_eps,
             "tie_word_embeddings": self.tie_embeddings,
@@ -251,21 +302,26 @@ class LlamaConfig:
                 if isinstance(self.eos_token_id, tuple)
                 else self.eos_token_id
             ),
+            "pad_token_id": self.pad_token_id,
             "initializer_range": self.initializer_range,
             "mlp_bias": False,
             "torch_dtype": jnp.dtype(self.param_dtype).name,
         }
+        if self.model_type == "gemma2":
+            out["query_pre_attn_scalar"] = self.query_pre_attn_scalar or self.head_dim
+            out["attn_logit_softcapping"] = self.attn_softcap
+            out["final_logit_softcapping"] = self.final_softcap
         if self.model_type != "qwen2":  # Qwen 2's q/k/v biases are its architecture's
             out["attention_bias"] = self.o_bias
             if self.qkv_bias != self.o_bias:
                 raise ValueError(f"{self.model_type} has biases on all of q,k,v,o or none")
         if self.model_type in ("qwen2", "qwen3"):
             out["use_sliding_window"] = self.sliding_window is not None
-        if self.sliding_window is not None or self.model_type == "mistral":
+        if self.sliding_window is not None or self.model_type in ("mistral", "gemma2"):
             out["sliding_window"] = self.sliding_window
         if self.layer_types is not None:
             out["layer_types"] = list(self.layer_types)
-        elif self.model_type in ("qwen2", "qwen3"):
+        elif self.model_type in ("qwen2", "qwen3", "gemma2"):
             out["layer_types"] = [
                 "sliding_attention" if x else "full_attention" for x in self.sliding_layers()
             ]
@@ -280,8 +336,50 @@ FAMILIES = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
 }
 LAYER_TYPES = ("full_attention", "sliding_attention")
+
+# Why a neighbouring model_type is an error rather than a decoder here.
+NOT_IMPLEMENTED = {
+    "mixtral": "mixture-of-experts MLPs are not implemented",
+    "qwen2_moe": "mixture-of-experts MLPs are not implemented",
+    "qwen3_moe": "mixture-of-experts MLPs are not implemented",
+}
+
+_LLAMA_TRAITS = dict(
+    hidden_act="silu", norm_plus_one=False, sandwich_norms=False, scale_embeddings=False
+)
+_GEMMA_TRAITS = dict(
+    hidden_act="gelu_pytorch_tanh", norm_plus_one=True, sandwich_norms=True, scale_embeddings=True
+)
+# model_type -> the switches its architecture fixes (LlamaConfig fills them in, or checks them).
+FAMILY_TRAITS = {
+    "llama": _LLAMA_TRAITS,
+    "mistral": _LLAMA_TRAITS,
+    "qwen2": _LLAMA_TRAITS,
+    "qwen3": _LLAMA_TRAITS,
+    "gemma2": _GEMMA_TRAITS,
+}
+# Settings only some architectures have (elsewhere they must keep their defaults).
+_FAMILY_FIELDS = {
+    "query_pre_attn_scalar": ("gemma2",),
+    "attn_softcap": ("gemma2",),
+    "final_softcap": ("gemma2",),
+}
+# transformers' defaults for keys a config.json may leave out, where they differ from LLaMA's.
+_HF_DEFAULTS = {
+    "gemma2": dict(
+        head_dim=256,
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=256,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+        sliding_window=4096,
+        tie_word_embeddings=True,
+        max_position_embeddings=8192,
+    ),
+}
 
 
 def _hf_sliding(hf: Mapping[str, Any], model_type: str):
@@ -300,6 +398,8 @@ def _hf_sliding(hf: Mapping[str, Any], model_type: str):
         raise NotImplementedError(
             "config.json layer_types on a mistral model: alternating attention is Ministral's"
         )
+    if layer_types is None and window is not None and model_type == "gemma2":
+        layer_types = _every_nth_full(hf["num_hidden_layers"], 2)
     if layer_types is None and window is not None and model_type != "mistral":
         first = int(hf.get("max_window_layers", 28))
         layer_types = [
@@ -353,6 +453,13 @@ def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
         original_max_position_embeddings=int(
             rope.get("original_max_position_embeddings", hf.get("max_position_embeddings", 8192))
         ),
+    )
+
+
+def _every_nth_full(num_layers: int, n: int) -> tuple[str, ...]:
+    """Gemma's layer_types: sliding layers, every n-th one full."""
+    return tuple(
+        "full_attention" if (i + 1) % n == 0 else "sliding_attention" for i in range(num_layers)
     )
 
 
@@ -496,6 +603,50 @@ CONFIGS: dict[str, LlamaConfig] = {
         eos_token_id=151645,
         qk_norm=True,
     ),
+    "gemma2-2b": LlamaConfig(
+        model_type="gemma2",
+        vocab_size=256000,
+        hidden_size=2304,
+        num_layers=26,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=256,
+        intermediate_size=9216,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_embeddings=True,
+        max_seq_len=8192,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        sliding_window=4096,
+        layer_types=_every_nth_full(26, 2),
+        query_pre_attn_scalar=256,
+        attn_softcap=50.0,
+        final_softcap=30.0,
+    ),
+    "gemma2-9b": LlamaConfig(
+        model_type="gemma2",
+        vocab_size=256000,
+        hidden_size=3584,
+        num_layers=42,
+        num_heads=16,
+        num_kv_heads=8,
+        head_dim=256,
+        intermediate_size=14336,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        tie_embeddings=True,
+        max_seq_len=8192,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        sliding_window=4096,
+        layer_types=_every_nth_full(42, 2),
+        query_pre_attn_scalar=256,
+        attn_softcap=50.0,
+        final_softcap=30.0,
+    ),
 }
 
 
@@ -503,18 +654,38 @@ CONFIGS: dict[str, LlamaConfig] = {
 
 
 class RMSNorm(nn.Module):
-    """Hugging Face LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+    """Hugging Face LlamaRMSNorm: normalise in fp32, cast back, then scale.
+
+    ``plus_one`` is Gemma's: scale by (1 + w) in fp32, then cast (w is stored, initialised 0)."""
 
     eps: float = 1e-5
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    plus_one: bool = False
 
     @nn.compact
     def __call__(self, x_BxLxD):
-        scale_D = self.param("scale", nn.initializers.ones, (x_BxLxD.shape[-1],), self.param_dtype)
+        init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+        scale_D = self.param("scale", init, (x_BxLxD.shape[-1],), self.param_dtype)
         x32 = x_BxLxD.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.plus_one:
+            return (x32 * (1.0 + scale_D.astype(jnp.float32))).astype(self.dtype)
         return scale_D.astype(self.dtype) * x32.astype(self.dtype)
+
+
+def _norm(config: LlamaConfig, name: str | None = None) -> RMSNorm:
+    c = config
+    return RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, c.norm_plus_one, name=name)
+
+
+def _softcap(x, cap: float | None):
+    """Gemma's cap * tanh(x / cap); None leaves x as it is."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+# The gate activations of the MLP (Hugging Face hidden_act names).
+ACTIVATIONS = {"silu": nn.silu, "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True)}
 
 
 def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
@@ -583,9 +754,8 @@ class LlamaAttention(nn.Module):
         k_BxLxGxK = _dense(c, G * K, "k_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, G, K)
         v_BxLxGxK = _dense(c, G * K, "v_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, G, K)
         if c.qk_norm:
-            norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)  # noqa: E731
-            q_BxLxHxK = norm("q_norm")(q_BxLxHxK)
-            k_BxLxGxK = norm("k_norm")(k_BxLxGxK)
+            q_BxLxHxK = _norm(c, "q_norm")(q_BxLxHxK)
+            k_BxLxGxK = _norm(c, "k_norm")(k_BxLxGxK)
         q_BxLxHxK = apply_rope(q_BxLxHxK, sin_BxLx1xK, cos_BxLx1xK)
         k_BxLxGxK = apply_rope(k_BxLxGxK, sin_BxLx1xK, cos_BxLx1xK)
 
@@ -602,6 +772,7 @@ class LlamaAttention(nn.Module):
             )
             new_cache = (k_BxSxGxK, v_BxSxGxK)
 
+        scale = (c.query_pre_attn_scalar or K) ** -0.5
         if kv_cache is None and c.attention != "einsum":
             if not isinstance(sliding, bool):
                 raise ValueError(
@@ -618,6 +789,7 @@ class LlamaAttention(nn.Module):
                 is_causal=True,
                 key_value_seq_lengths=lengths_B,
                 local_window_size=(c.sliding_window - 1, 0) if sliding else None,
+                scale=scale,
                 implementation=c.attention,
             )
             out_BxLxD = _dense(c, c.hidden_size, "o_proj", c.o_bias)(
@@ -630,7 +802,8 @@ class LlamaAttention(nn.Module):
         q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, R, K)
         scores_BxGxRxLxS = jnp.einsum(
             "blgrk,bsgk->bgrls", q_BxLxGxRxK, k_BxSxGxK.astype(c.dtype)
-        ).astype(jnp.float32) / math.sqrt(K)
+        ).astype(jnp.float32)
+        scores_BxGxRxLxS = _softcap(scores_BxGxRxLxS * scale, c.attn_softcap)
         scores_BxGxRxLxS = jnp.where(mask_BxLxS[:, None, None, :, :], scores_BxGxRxLxS, _MASK_VALUE)
         probs_BxGxRxLxS = jax.nn.softmax(scores_BxGxRxLxS, axis=-1).astype(c.dtype)
         out_BxLxGxRxK = jnp.einsum("bgrls,bsgk->blgrk", probs_BxGxRxLxS, v_BxSxGxK.astype(c.dtype))
@@ -639,7 +812,7 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+    """Gated feed-forward: down(act(gate(x)) * up(x)); SwiGLU, or GeGLU (Gemma)."""
 
     config: LlamaConfig
 
@@ -648,11 +821,13 @@ class LlamaMLP(nn.Module):
         c = self.config
         gate_BxLxF = _dense(c, c.intermediate_size, "gate_proj")(x_BxLxD)
         up_BxLxF = _dense(c, c.intermediate_size, "up_proj")(x_BxLxD)
-        return _dense(c, c.hidden_size, "down_proj")(nn.silu(gate_BxLxF) * up_BxLxF)
+        act = ACTIVATIONS[c.hidden_act]
+        return _dense(c, c.hidden_size, "down_proj")(act(gate_BxLxF) * up_BxLxF)
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block; signature ``(carry, *xs) -> (carry, ys)`` so nn.scan can stack it.
+    """Pre-norm block (Gemma's sandwich: outputs normed too before each residual add);
+    signature ``(carry, *xs) -> (carry, ys)`` so nn.scan can stack it.
 
     `sliding` is this layer's attention type when it is known statically; None takes it from
     the scanned `sliding_flag` (scanned layers of mixed types)."""
@@ -663,16 +838,19 @@ class LlamaDecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x_BxLxD, kv_cache, sin_BxLx1xK, cos_BxLx1xK, masks, end, sliding_flag):
         c = self.config
-        norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)
-        h_BxLxD = norm("input_layernorm")(x_BxLxD)
+        h_BxLxD = _norm(c, "input_layernorm")(x_BxLxD)
         sliding = sliding_flag if self.sliding is None else self.sliding
         attn_BxLxD, new_cache = LlamaAttention(c, name="self_attn")(
             h_BxLxD, sin_BxLx1xK, cos_BxLx1xK, masks, kv_cache, end, sliding
         )
+        mlp = LlamaMLP(c, name="mlp")
+        if c.sandwich_norms:  # Gemma's post_attention_layernorm norms the attention output
+            x_BxLxD = x_BxLxD + _norm(c, "post_attention_layernorm")(attn_BxLxD)
+            h_BxLxD = _norm(c, "pre_feedforward_layernorm")(x_BxLxD)
+            return x_BxLxD + _norm(c, "post_feedforward_layernorm")(mlp(h_BxLxD)), new_cache
         x_BxLxD = x_BxLxD + attn_BxLxD
-        h_BxLxD = norm("post_attention_layernorm")(x_BxLxD)
-        x_BxLxD = x_BxLxD + LlamaMLP(c, name="mlp")(h_BxLxD)
-        return x_BxLxD, new_cache
+        h_BxLxD = _norm(c, "post_attention_layernorm")(x_BxLxD)
+        return x_BxLxD + mlp(h_BxLxD), new_cache
 
 
 # ----------------------------------------------------------------------------- cache
@@ -753,7 +931,7 @@ class LlamaForCausalLM(nn.Module):
         else:
             # setup names list entries layers_0, layers_1, ...
             self.layers = [block(c, kind) for kind in kinds]
-        self.norm = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype)
+        self.norm = _norm(c)
         if not c.tie_embeddings:
             self.lm_head = _dense(c, c.vocab_size)
 
@@ -797,6 +975,8 @@ class LlamaForCausalLM(nn.Module):
 
         sin_BxLx1xK, cos_BxLx1xK = rope_sin_cos(positions_BxL, jnp.asarray(rope_inv_freq(c)))
         x_BxLxD = self.embed_tokens(input_ids_BxL)
+        if c.scale_embeddings:  # the factor rounded to the compute dtype, as transformers does
+            x_BxLxD = x_BxLxD * jnp.asarray(math.sqrt(c.hidden_size), c.dtype)
 
         if c.scan_layers:
             kv = None if cache is None else (cache["k"], cache["v"])
@@ -818,7 +998,7 @@ class LlamaForCausalLM(nn.Module):
             logits_BxLxV = self.embed_tokens.attend(x_BxLxD)
         else:
             logits_BxLxV = self.lm_head(x_BxLxD)
-        logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+        logits_BxLxV = _softcap(logits_BxLxV.astype(jnp.float32), c.final_softcap)
 
         if cache is None:
             return logits_BxLxV, None
@@ -855,6 +1035,8 @@ _LAYER_NAMES = {
     for norm in (
         "input_layernorm",
         "post_attention_layernorm",
+        "pre_feedforward_layernorm",
+        "post_feedforward_layernorm",
         "self_attn.q_norm",
         "self_attn.k_norm",
     )
@@ -872,8 +1054,11 @@ def _transpose(w: np.ndarray) -> np.ndarray:
 
 def _layer_names(config: LlamaConfig) -> set[str]:
     """The per-layer tensor names a checkpoint of this config holds."""
-    names = {n for n in _LAYER_NAMES if n.endswith(".weight") and "_norm." not in n}
+    names = {f"self_attn.{p}_proj.weight" for p in "qkvo"}
+    names |= {f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
     names |= {"input_layernorm.weight", "post_attention_layernorm.weight"}
+    if config.sandwich_norms:
+        names |= {"pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"}
     if config.qkv_bias:
         names |= {f"self_attn.{p}_proj.bias" for p in "qkv"}
     if config.o_bias:
