@@ -362,7 +362,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert (
         cli.main(["export", SMOKE, "--workdir", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     )
-    assert "has no checkpoint to export: train first" in capsys.readouterr().err
+    assert "no trained run in" in capsys.readouterr().err
     (tmp_path / "checkpoints" / "3").mkdir(parents=True)
     argv = ["export", SMOKE, "--workdir", str(tmp_path), "--out", str(tmp_path / "o")]
     assert cli.main(argv) == 2  # smoke_tiny is MoRe
@@ -413,7 +413,7 @@ def test_import_then_export_round_trips_through_a_workdir(
     flags = [f"--set={s}" for s in sets]
     workdir = tmp_path / "run"
     assert cli.main(["import", SMOKE, str(src), "--workdir", str(workdir), *flags]) == 0
-    assert "as step 0 of" in capsys.readouterr().out
+    assert f"evaluate with: morejax eval --workdir {workdir}" in capsys.readouterr().out
     assert (workdir / "checkpoints" / "0" / "optimizer").is_dir()
     assert cli.main(["import", SMOKE, str(src), "--workdir", str(workdir), *flags]) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
@@ -421,9 +421,11 @@ def test_import_then_export_round_trips_through_a_workdir(
     assert cli.main(["import", SMOKE, str(src), "--workdir", str(tmp_path / "w2"), *wrong]) == 2
     assert "does not fit this config" in capsys.readouterr().err
 
-    argv = ["export", SMOKE, "--workdir", str(workdir), "--out", str(tmp_path / "out"), *flags]
-    assert cli.main(argv) == 0
+    argv = ["export", "--workdir", str(workdir), "--out", str(tmp_path / "out")]
+    assert cli.main(argv) == 0  # the run's saved config: no config file or --set needed
     assert cli.main(argv) == 2  # the folder is not empty any more
+    assert cli.main([*argv[:-1], str(tmp_path / "o2"), SMOKE]) == 2  # MoRe: not this run
+    assert "holds a run of another config" in capsys.readouterr().err
     with (
         safe_open(str(src / "adapter_model.safetensors"), "numpy") as a,
         safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "numpy") as b,

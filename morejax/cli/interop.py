@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from morejax.cli.train import common_arguments, load
+from morejax.cli.train import common_arguments, eval_config, load
 
 FORMATS = ("peft", "merged", "more")
 # What the pretrained short names are called on the Hugging Face Hub (for adapter configs).
@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "export", help="write a run's adapters as PEFT, a merged HF model, or MoRe's format"
     )
-    common_arguments(p)
+    common_arguments(p, config_help="the run's config file (default: its saved config.json)")
     p.add_argument("--workdir", required=True, help="the run directory (with checkpoints/)")
     p.add_argument("--format", choices=FORMATS, default="peft")
     p.add_argument("--out", required=True, help="output folder (created; must be empty)")
@@ -114,14 +114,9 @@ def cmd_export(args) -> int:
     from morejax.train import checkpoints, config
     from morejax.train.evaluate import metric_of
 
-    cfg = load(args)
+    cfg = eval_config(args)  # the run as it was trained: its saved config by default
     exp = config.build(cfg)
     workdir, out = Path(args.workdir), Path(args.out)
-    if not _steps(workdir):
-        raise FileNotFoundError(
-            f"{workdir} has no checkpoint to export: train first (morejax train {args.config} "
-            f"--workdir {workdir}) or pass the workdir of a trained run"
-        )
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"--out {out} exists and is not empty: choose a new folder")
     seeds, vec = _members(exp)
@@ -312,6 +307,6 @@ def cmd_import(args) -> int:
     n = sum(x.size for x in jax.tree.leaves(adapters))
     print(
         f"imported {folder} ({n:,} params: {interop.describe(adapters)}) as step 0 of "
-        f"{workdir}; evaluate with: morejax eval {args.config} --workdir {workdir}"
+        f"{workdir}; evaluate with: morejax eval --workdir {workdir}"
     )
     return 0
