@@ -1,5 +1,5 @@
-"""The ``morejax`` command line: `train`, `eval`, `params`, `sweep`, `generate`, `export`,
-`import`.
+"""The ``morejax`` command line: `train`, `eval`, `params`, `plan`, `sweep`, `generate`,
+`export`, `import`.
 
 Each subcommand module registers its parser and sets ``func`` (the handler taking the
 parsed args and returning an exit code). Heavy imports (jax, models) happen inside
@@ -18,7 +18,7 @@ __all__ = ["build_parser", "error_line", "main", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from morejax.cli import generate, interop, sweep, train
+    from morejax.cli import generate, interop, plan, sweep, train
 
     parser = argparse.ArgumentParser(
         prog="morejax", description="Parameter-efficient fine-tuning in JAX/Flax."
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=debug_help)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     train.register(subparsers)
+    plan.register(subparsers)
     sweep.register(subparsers)
     generate.add_generate_parser(subparsers)
     interop.register(subparsers)

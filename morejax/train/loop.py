@@ -141,11 +141,7 @@ def describe(exp: Experiment, s: Setup) -> None:
 def training_data(exp: Experiment, s: Setup):
     """(this process's stream of training batches, total steps)."""
     data_shards = math.lcm(s.mesh.shape["data"], jax.process_count())
-    if exp.batch_size % (exp.micro_batches * data_shards):
-        raise ValueError(
-            f"batch_size {exp.batch_size} does not split into {exp.micro_batches} micro-batches "
-            f"over {data_shards} data shards"
-        )
+    check_batch_split(exp, data_shards)
     data = exp.data
     source = load_split(data, data.train_split, data.train_limit, exp.model.num_labels)
     if source.overlap is not None:
@@ -158,32 +154,21 @@ def training_data(exp: Experiment, s: Setup):
     return stream, total_steps(exp, len(source))
 
 
+def check_batch_split(exp: Experiment, data_shards: int) -> None:
+    if exp.batch_size % (exp.micro_batches * data_shards):
+        raise ValueError(
+            f"batch_size {exp.batch_size} does not split into {exp.micro_batches} micro-batches "
+            f"over {data_shards} data shards"
+        )
+
+
 def start_run(exp: Experiment, s: Setup, steps: int, workdir: Path, resolved: dict) -> Run:
     """Optimizer and train state (float32, replicated; members lead), compiled steps."""
     vec = s.n_members is not None
-    shape = schedule_shape(exp.optimizer, steps)
-    tx = make_optimizer(exp.optimizer, steps, one_member(s)(s.adapters))
-    if vec:
-        opt_state = jax.vmap(tx.init)(s.adapters)
-        opt_state.hyperparams["learning_rate"] = jnp.asarray(s.lrs, jnp.float32)
-        keys = jnp.stack([seed_keys(x)[1] for x in s.seeds])
-    else:
-        opt_state = tx.init(s.adapters)
-        keys = seed_keys(exp.seed)[1]
-    state = {"adapters": s.adapters, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+    tx, shape = optimizer(exp, steps, one_member(s)(s.adapters))
+    state, keys = initial_state(exp, tx, s.adapters, s.seeds, s.lrs, vec)
     state = distributed.put(state, replicated(s.mesh, state))
-    if exp.nonfinite not in ("stop", "skip"):
-        raise ValueError(f"nonfinite must be 'stop' or 'skip', got {exp.nonfinite!r}")
-    forward = make_forward(s.loaded.model, s.loaded.family)
-    member_step = make_member_step(
-        forward,
-        s.kind,
-        tx,
-        shape,
-        exp.dropout,
-        skip_nonfinite=exp.nonfinite == "skip",
-        poison_step=exp.inject_nan_at,
-    )
+    forward, member_step = member_step_of(exp, s.kind, s.loaded.model, s.loaded.family, tx, shape)
     metric, mode = metric_of(exp)
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", metric=metric, mode=mode)
     ckpt.probe(state)  # an unwritable or full workdir fails now, not at the first save
@@ -202,6 +187,44 @@ def start_run(exp: Experiment, s: Setup, steps: int, workdir: Path, resolved: di
         leaf_names=[paths.path_str(kp) for kp, _ in flat],
         skip_nonfinite=exp.nonfinite == "skip",
     )
+
+
+def optimizer(exp: Experiment, steps: int, member_adapters):
+    """(optax transformation, learning-rate factor per update) of a run of `steps`."""
+    return make_optimizer(exp.optimizer, steps, member_adapters), schedule_shape(
+        exp.optimizer, steps
+    )
+
+
+def initial_state(exp: Experiment, tx, adapters, seeds: list, lrs: list, vec: bool):
+    """(train state at step 0, dropout keys): float32 adapters and optimizer state, members
+    leading when vectorised (each with its own peak learning rate and key)."""
+    if vec:
+        opt_state = jax.vmap(tx.init)(adapters)
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(lrs, jnp.float32)
+        keys = jnp.stack([seed_keys(x)[1] for x in seeds])
+    else:
+        opt_state = tx.init(adapters)
+        keys = seed_keys(exp.seed)[1]
+    state = {"adapters": adapters, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+    return state, keys
+
+
+def member_step_of(exp: Experiment, kind: str, model, family: str, tx, shape):
+    """(forward, one member's optimizer step) as the config sets them."""
+    if exp.nonfinite not in ("stop", "skip"):
+        raise ValueError(f"nonfinite must be 'stop' or 'skip', got {exp.nonfinite!r}")
+    forward = make_forward(model, family)
+    member_step = make_member_step(
+        forward,
+        kind,
+        tx,
+        shape,
+        exp.dropout,
+        skip_nonfinite=exp.nonfinite == "skip",
+        poison_step=exp.inject_nan_at,
+    )
+    return forward, member_step
 
 
 def restore(run: Run, s: Setup, stream, allow_config_change: bool) -> None:

@@ -12,21 +12,27 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 
-def make_mesh(spec) -> jax.sharding.Mesh:
-    """A ('data', 'model') mesh; `model` > 1 shards the frozen base so that large models fit."""
-    n = jax.device_count()
+def make_mesh(spec, devices=None) -> jax.sharding.Mesh:
+    """A ('data', 'model') mesh; `model` > 1 shards the frozen base so that large models fit.
+
+    `devices` (default: this job's) may be another machine's, e.g. a TPU topology's devices
+    for compiling ahead of time (`morejax.train.plan`)."""
+    processes = jax.process_count() if devices is None else 1
+    devices = jax.devices() if devices is None else list(devices)
+    n = len(devices)
     model = max(1, spec.model if spec is not None else 1)
     data = spec.data if spec is not None and spec.data > 0 else n // model
     if data < 1 or data * model > n:
         raise ValueError(f"mesh data={data} x model={model} needs more than the {n} devices")
-    if jax.process_count() > 1 and data % jax.process_count():
+    if processes > 1 and data % processes:
         raise ValueError(
-            f"mesh.data={data} must be a multiple of the {jax.process_count()} processes "
+            f"mesh.data={data} must be a multiple of the {processes} processes "
             "(each feeds its own rows); lower mesh.model"
         )
     auto = jax.sharding.AxisType.Auto
-    devices = jax.devices()[: data * model]
-    return jax.make_mesh((data, model), ("data", "model"), (auto, auto), devices=devices)
+    return jax.make_mesh(
+        (data, model), ("data", "model"), (auto, auto), devices=devices[: data * model]
+    )
 
 
 def base_sharding(mesh, base):

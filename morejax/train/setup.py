@@ -53,6 +53,14 @@ def members(exp: Experiment) -> tuple[list[int], list[float]] | None:
     return seeds * (n // len(seeds)), lrs * (n // len(lrs))
 
 
+def run_members(exp: Experiment) -> tuple[list[int], list[float], int | None]:
+    """(seeds, peak learning rates, member count or None for a single run)."""
+    vec = members(exp)
+    if vec is None:
+        return [exp.seed], [float(exp.optimizer.learning_rate)], None
+    return vec[0], vec[1], len(vec[0])
+
+
 def seed_keys(seed: int):
     """(adapter init key, dropout key) of one seed: a vmapped member uses the same ones."""
     root = jax.random.key(seed)
@@ -105,6 +113,21 @@ def adapt_members(exp: Experiment, member_params: list, seeds: list, layout):
     return base, adapters
 
 
+def in_base_dtype(exp: Experiment, params):
+    """The model's parameters in `base_dtype`: adapters start exactly on them (DoRA's
+    magnitudes and PiSSA/MiLoRA's SVD see the weights as they are stored)."""
+    if exp.base_dtype == "float32":
+        return params
+    return morejax.cast(params, jnp.dtype(exp.base_dtype))
+
+
+def stack_members(adapted: list, n_members: int | None):
+    """The adapters as a run holds them: one tree, members stacked on a leading axis."""
+    if n_members is None:
+        return adapted[0]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *adapted)
+
+
 def params_dtype(params):
     floats = [x.dtype for x in jax.tree.leaves(params) if jnp.issubdtype(x.dtype, jnp.floating)]
     return floats[0] if floats else jnp.float32
@@ -134,17 +157,13 @@ def setup(exp: Experiment) -> Setup:
     distributed.initialize_from_env()
     mesh = make_mesh(exp.mesh)
     kind = task_kind(exp)
-    vec = members(exp)
-    seeds, lrs = vec if vec else ([exp.seed], [float(exp.optimizer.learning_rate)])
+    seeds, lrs, n = run_members(exp)
     loaded = load_model(exp.model, seed=seeds[0])
-    # The base model is the pretrained one in base_dtype: adapters start exactly on it (DoRA's
-    # magnitudes and PiSSA/MiLoRA's SVD see the weights as they are stored).
-    if exp.base_dtype != "float32":
-        loaded.params = morejax.cast(loaded.params, jnp.dtype(exp.base_dtype))
+    loaded.params = in_base_dtype(exp, loaded.params)
     layout = kernel_layout(loaded.model, loaded.family, loaded.params)
     member_params = [with_fresh_head(loaded, seed) for seed in seeds]
     base, adapted = adapt_members(exp, member_params, seeds, layout)
-    adapters = adapted[0] if not vec else jax.tree.map(lambda *xs: jnp.stack(xs), *adapted)
+    adapters = stack_members(adapted, n)
 
     # The evaluation split(s) as global device arrays, built once.
     granule = math.lcm(mesh.shape["data"], jax.process_count())
@@ -182,8 +201,40 @@ def setup(exp: Experiment) -> Setup:
     del member_params
     loaded.params = None
     base = distributed.put(base, base_sharding(mesh, base))
-    n = len(seeds) if vec else None
     return Setup(mesh, kind, loaded, base, adapters, seeds, lrs, n, dev, error, overlaps)
+
+
+@dataclasses.dataclass
+class Shapes:
+    """A run's model, frozen base and adapters as `setup` builds them, as shapes only
+    (jax.ShapeDtypeStruct): nothing is read or allocated."""
+
+    model: Any
+    family: str
+    kind: str
+    params: Any  # the model's parameters as loaded, before `base_dtype`
+    base: Any
+    adapters: Any  # members stacked when vectorised
+    member: Any  # one member's adapters
+    seeds: list
+    lrs: list
+    n_members: int | None
+
+
+def shapes(exp: Experiment) -> Shapes:
+    seeds, lrs, n = run_members(exp)
+    model, params = abstract_params(exp.model)
+    layout = kernel_layout(model, exp.model.family, params)
+
+    def build(params):
+        params = in_base_dtype(exp, params)
+        base, adapted = adapt_members(exp, [params] * len(seeds), seeds, layout)
+        return base, stack_members(adapted, n), adapted[0]
+
+    base, adapters, member = jax.eval_shape(build, params)
+    return Shapes(
+        model, exp.model.family, task_kind(exp), params, base, adapters, member, seeds, lrs, n
+    )
 
 
 def param_summary(exp: Experiment):
