@@ -75,7 +75,8 @@ def _compare(transformers_model, folder, lengths, vocab, **load):
 
 def _greedy_matches(transformers_model, pre, vocab, prompt_lengths, new_tokens):
     """Greedy decoding with morejax's KV cache, token for token against `generate`, with
-    left-padded prompts of different lengths."""
+    left-padded prompts of different lengths. Both stop a row at EOS and pad it with 0 (a tiny
+    vocabulary picks EOS often; min_new_tokens would mask its logit on one side only)."""
     import torch
 
     from morejax.models import generate
@@ -83,19 +84,28 @@ def _greedy_matches(transformers_model, pre, vocab, prompt_lengths, new_tokens):
     rng = np.random.default_rng(1)
     prompts = [list(rng.integers(3, vocab, n)) for n in prompt_lengths]
     ids, mask = generate.left_pad(prompts, pad_id=0)
+    eos = pre.config.eos_token_id
+    stops = eos if isinstance(eos, tuple) else () if eos is None else (eos,)
     apply_fn, init_cache = generate.llama_callables(pre.model)
     out = generate.generate(
-        apply_fn, pre.params, ids, mask, init_cache=init_cache, max_new_tokens=new_tokens
+        apply_fn,
+        pre.params,
+        ids,
+        mask,
+        init_cache=init_cache,
+        max_new_tokens=new_tokens,
+        stop_ids=stops,
+        pad_id=0,
     )
     with torch.no_grad():
         want = transformers_model.generate(
             input_ids=torch.tensor(np.asarray(ids), dtype=torch.long),
             attention_mask=torch.tensor(np.asarray(mask), dtype=torch.long),
             max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
             do_sample=False,
             pad_token_id=0,
         )[:, ids.shape[1] :].numpy()
+    want = np.pad(want, ((0, 0), (0, new_tokens - want.shape[1])))  # every row stopped early
     np.testing.assert_array_equal(np.asarray(out.tokens_BxT), want)
 
 
@@ -153,6 +163,17 @@ def test_llama_tied_default_rope_folder_matches_transformers(hf, tmp_path):
         ({"model_type": "mixtral"}, "mixtral.*mixture-of-experts"),
         ({"model_type": "gemma2", "hidden_activation": "gelu"}, "hidden_activation"),
         ({"model_type": "gemma2", "use_bidirectional_attention": True}, "bidirectional"),
+        ({"model_type": "gemma3", "text_config": {}}, "vision tower"),
+        (
+            {
+                "model_type": "gemma3_text",
+                "rope_parameters": {
+                    "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                    "sliding_attention": {"rope_type": "linear", "factor": 2.0},
+                },
+            },
+            "sliding_attention",
+        ),
         (
             {
                 "model_type": "qwen2",
@@ -203,6 +224,7 @@ def _family(hf, name, **kw):
         "qwen3": (hf.Qwen3Config, hf.Qwen3ForCausalLM),
         "llama": (hf.LlamaConfig, hf.LlamaForCausalLM),
         "gemma2": (hf.Gemma2Config, hf.Gemma2ForCausalLM),
+        "gemma3_text": (hf.Gemma3TextConfig, hf.Gemma3ForCausalLM),
     }[name], {**small, **kw}
 
 
@@ -240,7 +262,24 @@ FAMILY_CASES = {
             initializer_range=0.2,
         ),
     ),
+    # Local and global RoPE bases, linear scaling on the global layers, per-head (1 + w) norms.
+    "gemma3-local-global-rope": (
+        "gemma3_text",
+        dict(
+            head_dim=16,
+            sliding_window=6,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            rope_theta=1000.0,
+            rope_local_base_freq=30.0,
+            rope_scaling={"rope_type": "linear", "factor": 4.0},
+            query_pre_attn_scalar=20,
+            final_logit_softcapping=10.0,
+            initializer_range=0.2,
+        ),
+    ),
 }
+# Cases also run with scanned layers: mixed layer types (and RoPE bases) inside one scan.
+SCANNED = ("qwen2-mixed-sliding", "gemma3-local-global-rope")
 
 
 @pytest.mark.parametrize("case", sorted(FAMILY_CASES))
@@ -251,14 +290,39 @@ def test_family_folder_matches_transformers_logits_and_greedy_generation(hf, tmp
     written = _save(model, tmp_path)
     assert written["model_type"] == name
     # Rows of 30, 17 and 6 tokens: longer and shorter than any window here.
-    scan = case == "qwen2-mixed-sliding"  # mixed layer types inside one scan
+    scan = case in SCANNED
     pre = _compare(model, tmp_path, [30, 17, 6], kw["vocab_size"], scan_layers=scan)
     assert pre.config.model_type == name
     # Prompts of 5 and 9 tokens and 14 new ones: decoding runs past the windows.
     _greedy_matches(model, pre, kw["vocab_size"], [5, 9], 14)
 
 
-def test_sliding_window_flash_path_matches_einsum():
+# attention='xla' against einsum: a window, and what each family adds to the attention.
+FLASH_CASES = {
+    "mistral": dict(model_type="mistral", sliding_window=5),
+    "gemma3_text": dict(
+        model_type="gemma3_text",
+        sliding_window=5,
+        layer_types=("sliding_attention", "full_attention"),
+        qk_norm=True,
+        rope_local_theta=100.0,
+        query_pre_attn_scalar=12,
+        final_softcap=10.0,
+    ),
+}
+
+
+def _tiny(**kw):
+    from morejax.models import llama
+
+    small = dict(
+        vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8
+    )
+    return llama.LlamaConfig(**{**small, "intermediate_size": 48, **kw})
+
+
+@pytest.mark.parametrize("family", sorted(FLASH_CASES))
+def test_sliding_window_flash_path_matches_einsum(family):
     """attention='xla' (jax.nn.dot_product_attention with a local window) on right-padded
     rows equals the einsum path with its explicit sliding mask."""
     import jax
@@ -266,16 +330,7 @@ def test_sliding_window_flash_path_matches_einsum():
 
     from morejax.models import llama
 
-    cfg = llama.LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=48,
-        model_type="mistral",
-        sliding_window=5,
-    )
+    cfg = _tiny(**FLASH_CASES[family])
     model = llama.LlamaForCausalLM(cfg)
     ids, mask = _batch(50, [19, 11])
     ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
@@ -285,13 +340,25 @@ def test_sliding_window_flash_path_matches_einsum():
     got, _ = flash.apply({"params": params}, ids, mask)
     valid = np.asarray(mask).astype(bool)
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
+
+
+def test_flash_path_refuses_what_it_cannot_follow():
+    """Mixed layer types inside one scan, and Gemma 2's attention soft-cap (which
+    jax.nn.dot_product_attention lacks): errors, not a silent fallback to einsum."""
+    import jax
+    import jax.numpy as jnp
+
+    from morejax.models import llama
+
     with pytest.raises(ValueError, match="mixed sliding/full layers"):
-        mixed = cfg.replace(
+        mixed = _tiny(
+            model_type="mistral",
+            sliding_window=5,
             attention="xla",
             scan_layers=True,
             layer_types=("full_attention", "sliding_attention"),
         )
-        llama.LlamaForCausalLM(mixed).init(jax.random.key(0), ids)
+        llama.LlamaForCausalLM(mixed).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     with pytest.raises(ValueError, match="no logit soft-capping"):
         llama.CONFIGS["gemma2-2b"].replace(attention="xla")
 
@@ -316,8 +383,55 @@ def test_both_layouts_give_the_same_config():
     assert new == old and new.rope_theta == 5e5 and new.rope_scaling.factor == 8.0
 
 
+def test_a_gemma3_vision_folder_is_an_error_naming_the_vision_tower(tmp_path):
+    from morejax.models.registry import load_pretrained
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}}))
+    with pytest.raises(NotImplementedError, match="vision tower"):
+        load_pretrained(str(tmp_path))
+
+
+def test_gemma3_4x_layout_reads_as_transformers_5_converts_it(hf):
+    """A Gemma 3 config.json as the hub holds it (rope_theta, rope_local_base_freq, linear
+    rope_scaling, sliding_window_pattern, no layer_types) and the 5.x dict transformers makes
+    of it give one config."""
+    from morejax.models.llama import LlamaConfig
+
+    old = {
+        "model_type": "gemma3_text",
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "intermediate_size": 48,
+        "rope_theta": 1_000_000.0,
+        "rope_local_base_freq": 10_000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "sliding_window": 16,
+        "sliding_window_pattern": 6,
+        "bos_token_id": 2,
+        "eos_token_id": 1,
+        "pad_token_id": 0,
+    }
+    new = hf.Gemma3TextConfig(**old).to_dict()
+    assert set(new["rope_parameters"]) == {"full_attention", "sliding_attention"}
+    cfg = LlamaConfig.from_hf_config(old)
+    assert LlamaConfig.from_hf_config(new) == cfg
+    assert cfg.rope_scaling.rope_type == "linear" and cfg.rope_local_theta == 10_000.0
+    assert cfg.layer_types[4:6] == ("sliding_attention", "full_attention")
+    assert LlamaConfig.from_hf_config(cfg.to_hf_config()) == cfg
+
+
 @pytest.mark.parametrize(
-    "case", ["qwen2-biases-tied", "qwen3-qk-norm-head-dim-24", "gemma2-softcaps-window-6"]
+    "case",
+    [
+        "qwen2-biases-tied",
+        "qwen3-qk-norm-head-dim-24",
+        "gemma2-softcaps-window-6",
+        "gemma3-local-global-rope",
+    ],
 )
 def test_family_exports_load_in_peft_and_transformers(hf, tmp_path, case):
     """A LoRA on a family with biases / per-head norms: `--format peft` loads in
@@ -374,6 +488,7 @@ PUBLISHED = {
     "qwen3-8b": 8_190_735_360,
     "gemma2-2b": 2_614_341_888,
     "gemma2-9b": 9_241_705_984,
+    "gemma3-1b": 999_885_952,
 }
 
 

@@ -1,5 +1,5 @@
-"""LLaMA-family decoders (LLaMA 1/2/3, SmolLM2, Mistral, Qwen 2/2.5/3, Gemma 2) in Linen, with
-an explicit KV cache.
+"""LLaMA-family decoders (LLaMA 1/2/3, SmolLM2, Mistral, Qwen 2/2.5/3, Gemma 2, Gemma 3 text) in
+Linen, with an explicit KV cache.
 
 The families differ by switches of one config (q/k/v biases, per-head q/k norms, sliding-window
 layers, Gemma's norms and soft-capping); `FAMILIES` maps each Hugging Face ``model_type`` to its
@@ -89,12 +89,19 @@ ATTENTION = ("einsum", "xla", "cudnn")
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """LLaMA-3.1 style frequency-dependent RoPE scaling ("rope_type": "llama3")."""
+    """RoPE frequency scaling: LLaMA-3.1's frequency-dependent one ("rope_type": "llama3"), or
+    every frequency divided by `factor` ("linear", Gemma 3's global layers; the other fields
+    unused)."""
 
     factor: float = 8.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    rope_type: str = "llama3"
+
+    def __post_init__(self):
+        if self.rope_type not in ("llama3", "linear"):
+            raise ValueError(f"rope_type={self.rope_type!r}; choose 'llama3' or 'linear'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +117,8 @@ class LlamaConfig:
     intermediate_size: int = 11008
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
+    # Gemma 3: the RoPE base of sliding layers, unscaled (rope_theta and rope_scaling: full ones).
+    rope_local_theta: float | None = None
     rms_norm_eps: float = 1e-5
     tie_embeddings: bool = False
     max_seq_len: int = 2048
@@ -224,8 +233,11 @@ class LlamaConfig:
                 f"here are {', '.join(sorted(FAMILIES))}"
             )
         hf = {**_HF_DEFAULTS.get(model_type, {}), **hf}
-        gemma = model_type in ("gemma2",)
-        theta, scaling = _hf_rope(hf)
+        gemma = model_type in ("gemma2", "gemma3_text")
+        if model_type == "gemma3_text":
+            theta, scaling, local_theta = _hf_rope_gemma3(hf)
+        else:
+            (theta, scaling), local_theta = _hf_rope(hf), None
         act_field = "hidden_activation" if gemma else "hidden_act"
         act = hf.get(act_field, "silu")
         if act != FAMILY_TRAITS[model_type]["hidden_act"]:
@@ -266,21 +278,24 @@ class LlamaConfig:
             initializer_range=float(hf.get("initializer_range", 0.02)),
             qkv_bias=model_type == "qwen2" or attention_bias,
             o_bias=attention_bias and model_type != "qwen2",
-            qk_norm=model_type == "qwen3",
+            qk_norm=model_type in ("qwen3", "gemma3_text"),
             sliding_window=window,
             layer_types=layer_types,
         )
         if gemma:
             kw.update(
+                rope_local_theta=local_theta,
                 query_pre_attn_scalar=hf.get("query_pre_attn_scalar"),
-                attn_softcap=hf.get("attn_logit_softcapping"),
                 final_softcap=hf.get("final_logit_softcapping"),
             )
+        if model_type == "gemma2":  # Gemma 3's attention ignores attn_logit_softcapping
+            kw["attn_softcap"] = hf.get("attn_logit_softcapping")
         kw.update(overrides)
         return cls(**kw)
 
     def to_hf_config(self) -> dict[str, Any]:
         """The ``config.json`` dict that Hugging Face ``LlamaForCausalLM`` reads back."""
+        gemma = self.model_type in ("gemma2", "gemma3_text")
         out = {
             "architectures": [FAMILIES[self.model_type]],
             "model_type": self.model_type,
@@ -291,7 +306,7 @@ class LlamaConfig:
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
             "intermediate_size": self.intermediate_size,
-            ("hidden_activation" if self.model_type == "gemma2" else "hidden_act"): self.hidden_act,
+            ("hidden_activation" if gemma else "hidden_act"): self.hidden_act,
             "rope_theta": self.rope_theta,
             "rms_norm_eps": self.rms_norm_eps,
             "tie_word_embeddings": self.tie_embeddings,
@@ -307,26 +322,31 @@ class LlamaConfig:
             "mlp_bias": False,
             "torch_dtype": jnp.dtype(self.param_dtype).name,
         }
-        if self.model_type == "gemma2":
+        if gemma:
             out["query_pre_attn_scalar"] = self.query_pre_attn_scalar or self.head_dim
             out["attn_logit_softcapping"] = self.attn_softcap
             out["final_logit_softcapping"] = self.final_softcap
+        if self.model_type == "gemma3_text":
+            out["rope_local_base_freq"] = self.rope_local_theta or self.rope_theta
         if self.model_type != "qwen2":  # Qwen 2's q/k/v biases are its architecture's
             out["attention_bias"] = self.o_bias
             if self.qkv_bias != self.o_bias:
                 raise ValueError(f"{self.model_type} has biases on all of q,k,v,o or none")
         if self.model_type in ("qwen2", "qwen3"):
             out["use_sliding_window"] = self.sliding_window is not None
-        if self.sliding_window is not None or self.model_type in ("mistral", "gemma2"):
+        if self.sliding_window is not None or self.model_type == "mistral" or gemma:
             out["sliding_window"] = self.sliding_window
         if self.layer_types is not None:
             out["layer_types"] = list(self.layer_types)
-        elif self.model_type in ("qwen2", "qwen3", "gemma2"):
+        elif self.model_type in ("qwen2", "qwen3") or gemma:
             out["layer_types"] = [
                 "sliding_attention" if x else "full_attention" for x in self.sliding_layers()
             ]
-        if self.rope_scaling is not None:
-            out["rope_scaling"] = {"rope_type": "llama3", **dataclasses.asdict(self.rope_scaling)}
+        rs = self.rope_scaling
+        if rs is not None and rs.rope_type == "linear":
+            out["rope_scaling"] = {"rope_type": "linear", "factor": rs.factor}
+        elif rs is not None:
+            out["rope_scaling"] = dataclasses.asdict(rs)
         return out
 
 
@@ -337,11 +357,14 @@ FAMILIES = {
     "qwen2": "Qwen2ForCausalLM",
     "qwen3": "Qwen3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
+    "gemma3_text": "Gemma3ForCausalLM",
 }
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
 # Why a neighbouring model_type is an error rather than a decoder here.
 NOT_IMPLEMENTED = {
+    "gemma3": "Gemma 3's vision tower (Gemma3ForConditionalGeneration) is not implemented; "
+    "text-only Gemma 3 checkpoints (gemma3_text) load",
     "mixtral": "mixture-of-experts MLPs are not implemented",
     "qwen2_moe": "mixture-of-experts MLPs are not implemented",
     "qwen3_moe": "mixture-of-experts MLPs are not implemented",
@@ -360,12 +383,14 @@ FAMILY_TRAITS = {
     "qwen2": _LLAMA_TRAITS,
     "qwen3": _LLAMA_TRAITS,
     "gemma2": _GEMMA_TRAITS,
+    "gemma3_text": _GEMMA_TRAITS,
 }
 # Settings only some architectures have (elsewhere they must keep their defaults).
 _FAMILY_FIELDS = {
-    "query_pre_attn_scalar": ("gemma2",),
+    "query_pre_attn_scalar": ("gemma2", "gemma3_text"),
     "attn_softcap": ("gemma2",),
-    "final_softcap": ("gemma2",),
+    "final_softcap": ("gemma2", "gemma3_text"),
+    "rope_local_theta": ("gemma3_text",),
 }
 # transformers' defaults for keys a config.json may leave out, where they differ from LLaMA's.
 _HF_DEFAULTS = {
@@ -378,6 +403,17 @@ _HF_DEFAULTS = {
         sliding_window=4096,
         tie_word_embeddings=True,
         max_position_embeddings=8192,
+    ),
+    "gemma3_text": dict(
+        head_dim=256,
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=256,
+        sliding_window=4096,
+        sliding_window_pattern=6,
+        tie_word_embeddings=True,
+        max_position_embeddings=131072,
+        rope_theta=1_000_000.0,
+        rope_local_base_freq=10_000.0,
     ),
 }
 
@@ -400,6 +436,8 @@ def _hf_sliding(hf: Mapping[str, Any], model_type: str):
         )
     if layer_types is None and window is not None and model_type == "gemma2":
         layer_types = _every_nth_full(hf["num_hidden_layers"], 2)
+    if layer_types is None and window is not None and model_type == "gemma3_text":
+        layer_types = _every_nth_full(hf["num_hidden_layers"], int(hf["sliding_window_pattern"]))
     if layer_types is None and window is not None and model_type != "mistral":
         first = int(hf.get("max_window_layers", 28))
         layer_types = [
@@ -422,23 +460,56 @@ _LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_p
 def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
     """(theta, scaling) from ``rope_parameters`` (transformers 5) or the top-level
     ``rope_theta`` / ``rope_scaling`` (4.x); a rope type or key not implemented is an error."""
+    theta, positions = hf.get("rope_theta", 10000.0), hf.get("max_position_embeddings", 8192)
     if hf.get("rope_parameters") is not None:
-        rope = dict(hf["rope_parameters"])
-        field = "rope_parameters"
-        theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
-    else:
-        rope = dict(hf.get("rope_scaling") or {})
-        field = "rope_scaling"
-        theta = hf.get("rope_theta", 10000.0)
+        return _rope(hf["rope_parameters"], theta, positions, "rope_parameters")
+    return _rope(hf.get("rope_scaling") or {}, theta, positions, "rope_scaling")
+
+
+def _hf_rope_gemma3(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None, float]:
+    """(global theta, global scaling, local theta): transformers 5 writes ``rope_parameters``
+    per layer type, 4.x ``rope_theta`` / ``rope_scaling`` plus ``rope_local_base_freq``."""
+    rope = hf.get("rope_parameters")
+    if rope is None or not set(rope) <= set(LAYER_TYPES):
+        return (*_hf_rope(hf), float(hf["rope_local_base_freq"]))
+    positions = hf["max_position_embeddings"]
+    theta, scaling = _rope(
+        rope.get("full_attention") or {},
+        hf["rope_theta"],
+        positions,
+        "rope_parameters.full_attention",
+    )
+    field = "rope_parameters.sliding_attention"
+    local, local_scaling = _rope(
+        rope.get("sliding_attention") or {}, hf["rope_local_base_freq"], positions, field
+    )
+    if local_scaling is not None:
+        raise NotImplementedError(
+            f"config.json {field}.rope_type {local_scaling.rope_type!r}: sliding layers here "
+            "use unscaled RoPE"
+        )
+    return theta, scaling, local
+
+
+def _rope(params: Mapping[str, Any], theta, max_positions, field: str):
+    """(theta, scaling) of one rope dict; `theta` and `max_positions`: the defaults it may omit."""
+    rope = dict(params)
+    theta = rope.pop("rope_theta", theta)
     kind = rope.pop("rope_type", rope.pop("type", "default"))
     if kind == "default":
         extra = sorted(rope)
         if extra:
             raise NotImplementedError(f"config.json {field}: keys {extra} with rope_type 'default'")
         return float(theta), None
+    if kind == "linear":
+        extra = sorted(set(rope) - {"factor"})
+        if extra:
+            raise NotImplementedError(f"config.json {field}: keys {extra} with rope_type 'linear'")
+        return float(theta), RopeScaling(factor=float(rope["factor"]), rope_type="linear")
     if kind != "llama3":
         raise NotImplementedError(
-            f"config.json {field}.rope_type {kind!r}: only 'default' and 'llama3' are implemented"
+            f"config.json {field}.rope_type {kind!r}: only 'default', 'linear' and 'llama3' are "
+            "implemented"
         )
     extra = sorted(set(rope) - set(_LLAMA3_KEYS) - {"attention_factor"})
     if extra or rope.get("attention_factor", 1.0) != 1.0:
@@ -451,7 +522,7 @@ def _hf_rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
         low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
         high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
         original_max_position_embeddings=int(
-            rope.get("original_max_position_embeddings", hf.get("max_position_embeddings", 8192))
+            rope.get("original_max_position_embeddings", max_positions)
         ),
     )
 
@@ -647,6 +718,28 @@ CONFIGS: dict[str, LlamaConfig] = {
         attn_softcap=50.0,
         final_softcap=30.0,
     ),
+    "gemma3-1b": LlamaConfig(
+        model_type="gemma3_text",
+        vocab_size=262144,
+        hidden_size=1152,
+        num_layers=26,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=256,
+        intermediate_size=6912,
+        rope_theta=1_000_000.0,
+        rope_local_theta=10_000.0,
+        rms_norm_eps=1e-6,
+        tie_embeddings=True,
+        max_seq_len=32768,
+        bos_token_id=2,
+        eos_token_id=(1, 106),
+        pad_token_id=0,
+        qk_norm=True,
+        sliding_window=512,
+        layer_types=_every_nth_full(26, 6),
+        query_pre_attn_scalar=256,
+    ),
 }
 
 
@@ -688,12 +781,17 @@ def _softcap(x, cap: float | None):
 ACTIVATIONS = {"silu": nn.silu, "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True)}
 
 
-def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
-    """Rotary inverse frequencies (K/2,), with LLaMA-3 scaling when configured."""
+def rope_inv_freq(config: LlamaConfig, local: bool = False) -> np.ndarray:
+    """Rotary inverse frequencies (K/2,), scaled when configured; `local`: those of sliding
+    layers where they have their own base (Gemma 3), unscaled."""
     k = config.head_dim
+    if local and config.rope_local_theta is not None:
+        return (1.0 / (config.rope_local_theta ** (np.arange(0, k, 2) / k))).astype(np.float32)
     inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, k, 2, dtype=np.float64) / k))
     rs = config.rope_scaling
-    if rs is not None:
+    if rs is not None and rs.rope_type == "linear":
+        inv_freq = inv_freq / rs.factor
+    elif rs is not None:
         low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
         high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
         wavelen = 2 * math.pi / inv_freq
@@ -733,21 +831,29 @@ def _dense(config: LlamaConfig, features: int, name: str | None = None, bias=Fal
     )
 
 
+def _pick(pair, sliding):
+    """pair[1] for a sliding layer, pair[0] for a full one (`sliding` may be traced)."""
+    if pair[0] is pair[1]:
+        return pair[0]
+    if isinstance(sliding, bool):
+        return pair[1] if sliding else pair[0]
+    return jax.tree.map(lambda full, window: jnp.where(sliding, window, full), *pair)
+
+
 class LlamaAttention(nn.Module):
     """Grouped-query attention writing into (and reading from) an optional KV cache."""
 
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD, sin_BxLx1xK, cos_BxLx1xK, masks, kv_cache, end, sliding):
-        """`masks`: the (full causal, sliding-window) masks (B, L, S); `sliding` picks one, a
-        Python bool, or a traced one per layer inside a scan (which only einsum can follow)."""
+    def __call__(self, x_BxLxD, ropes, masks, kv_cache, end, sliding):
+        """`ropes`: the (full, sliding) layers' (sin, cos) tables (B, L, 1, K); `masks`: their
+        masks (B, L, S); `sliding` picks, a Python bool, or a traced one per layer inside a
+        scan (which only einsum can follow)."""
         c = self.config
-        full_BxLxS, window_BxLxS = masks
-        if isinstance(sliding, bool):
-            mask_BxLxS = window_BxLxS if sliding else full_BxLxS
-        else:
-            mask_BxLxS = jnp.where(sliding, window_BxLxS, full_BxLxS)
+        full_BxLxS = masks[0]
+        mask_BxLxS = _pick(masks, sliding)
+        sin_BxLx1xK, cos_BxLx1xK = _pick(ropes, sliding)
         B, L, _ = x_BxLxD.shape
         H, G, K = c.num_heads, c.num_kv_heads, c.head_dim
         q_BxLxHxK = _dense(c, H * K, "q_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, H, K)
@@ -836,12 +942,12 @@ class LlamaDecoderLayer(nn.Module):
     sliding: bool | None = False
 
     @nn.compact
-    def __call__(self, x_BxLxD, kv_cache, sin_BxLx1xK, cos_BxLx1xK, masks, end, sliding_flag):
+    def __call__(self, x_BxLxD, kv_cache, ropes, masks, end, sliding_flag):
         c = self.config
         h_BxLxD = _norm(c, "input_layernorm")(x_BxLxD)
         sliding = sliding_flag if self.sliding is None else self.sliding
         attn_BxLxD, new_cache = LlamaAttention(c, name="self_attn")(
-            h_BxLxD, sin_BxLx1xK, cos_BxLx1xK, masks, kv_cache, end, sliding
+            h_BxLxD, ropes, masks, kv_cache, end, sliding
         )
         mlp = LlamaMLP(c, name="mlp")
         if c.sandwich_norms:  # Gemma's post_attention_layernorm norms the attention output
@@ -924,7 +1030,7 @@ class LlamaForCausalLM(nn.Module):
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, 0),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, 0),
                 length=c.num_layers,
             )
             self.layers = block(c, kinds[0] if len(set(kinds)) == 1 else None)
@@ -973,7 +1079,10 @@ class LlamaForCausalLM(nn.Module):
             near_LxS = jnp.arange(S)[None, :] > q_slots_L[:, None] - c.sliding_window
             masks = (mask_BxLxS, mask_BxLxS & near_LxS[None, :, :])
 
-        sin_BxLx1xK, cos_BxLx1xK = rope_sin_cos(positions_BxL, jnp.asarray(rope_inv_freq(c)))
+        rope = rope_sin_cos(positions_BxL, jnp.asarray(rope_inv_freq(c)))
+        ropes = (rope, rope)
+        if c.rope_local_theta is not None:
+            ropes = (rope, rope_sin_cos(positions_BxL, jnp.asarray(rope_inv_freq(c, local=True))))
         x_BxLxD = self.embed_tokens(input_ids_BxL)
         if c.scale_embeddings:  # the factor rounded to the compute dtype, as transformers does
             x_BxLxD = x_BxLxD * jnp.asarray(math.sqrt(c.hidden_size), c.dtype)
@@ -981,13 +1090,13 @@ class LlamaForCausalLM(nn.Module):
         if c.scan_layers:
             kv = None if cache is None else (cache["k"], cache["v"])
             flags_N = jnp.asarray(c.sliding_layers())
-            x_BxLxD, kv = self.layers(x_BxLxD, kv, sin_BxLx1xK, cos_BxLx1xK, masks, end, flags_N)
+            x_BxLxD, kv = self.layers(x_BxLxD, kv, ropes, masks, end, flags_N)
             new_k, new_v = (None, None) if kv is None else kv
         else:
             new_k, new_v = [], []
             for i, layer in enumerate(self.layers):
                 kv = None if cache is None else (cache["k"][i], cache["v"][i])
-                x_BxLxD, kv = layer(x_BxLxD, kv, sin_BxLx1xK, cos_BxLx1xK, masks, end, None)
+                x_BxLxD, kv = layer(x_BxLxD, kv, ropes, masks, end, None)
                 if kv is not None:
                     new_k.append(kv[0])
                     new_v.append(kv[1])

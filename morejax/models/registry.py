@@ -82,9 +82,9 @@ def load_pretrained(
         path = find_model_dir(name)
     elif os.path.isdir(name):
         path = Path(name)
-        from morejax.models.llama import FAMILIES
+        from morejax.models.llama import FAMILIES, NOT_IMPLEMENTED
 
-        if _model_type(path) in FAMILIES:
+        if _model_type(path) in FAMILIES or _model_type(path) in NOT_IMPLEMENTED:
             if head not in (None, "lm"):
                 raise ValueError(f"{path} is a causal LM; head {head!r} is not available")
             return _load_llama_dir(path, scan_layers, dtype, param_dtype, config_overrides)
