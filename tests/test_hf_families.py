@@ -164,6 +164,12 @@ def test_llama_tied_default_rope_folder_matches_transformers(hf, tmp_path):
         ({"model_type": "gemma2", "hidden_activation": "gelu"}, "hidden_activation"),
         ({"model_type": "gemma2", "use_bidirectional_attention": True}, "bidirectional"),
         ({"model_type": "gemma3", "text_config": {}}, "vision tower"),
+        ({"model_type": "phi3", "rope_scaling": {"type": "su", "short_factor": [1.0]}}, "'su'"),
+        (
+            {"model_type": "phi3", "rope_parameters": {"rope_type": "longrope", "factor": 4.0}},
+            "longrope",
+        ),
+        ({"model_type": "phi3", "layer_types": ["full_attention"]}, "layer_types"),
         (
             {
                 "model_type": "gemma3_text",
@@ -225,6 +231,7 @@ def _family(hf, name, **kw):
         "llama": (hf.LlamaConfig, hf.LlamaForCausalLM),
         "gemma2": (hf.Gemma2Config, hf.Gemma2ForCausalLM),
         "gemma3_text": (hf.Gemma3TextConfig, hf.Gemma3ForCausalLM),
+        "phi3": (hf.Phi3Config, hf.Phi3ForCausalLM),
     }[name], {**small, **kw}
 
 
@@ -277,6 +284,12 @@ FAMILY_CASES = {
             initializer_range=0.2,
         ),
     ),
+    # Fused qkv_proj / gate_up_proj, RoPE on half of each head, a window on every layer (Phi-3's
+    # default pad id 32000 lies outside this vocabulary).
+    "phi3-fused-partial-rotary-window-8": (
+        "phi3",
+        dict(partial_rotary_factor=0.5, sliding_window=8, pad_token_id=0, eos_token_id=2),
+    ),
 }
 # Cases also run with scanned layers: mixed layer types (and RoPE bases) inside one scan.
 SCANNED = ("qwen2-mixed-sliding", "gemma3-local-global-rope")
@@ -309,6 +322,7 @@ FLASH_CASES = {
         query_pre_attn_scalar=12,
         final_softcap=10.0,
     ),
+    "phi3": dict(model_type="phi3", sliding_window=5, partial_rotary_factor=0.5),
 }
 
 
@@ -431,6 +445,7 @@ def test_gemma3_4x_layout_reads_as_transformers_5_converts_it(hf):
         "qwen3-qk-norm-head-dim-24",
         "gemma2-softcaps-window-6",
         "gemma3-local-global-rope",
+        "phi3-fused-partial-rotary-window-8",
     ],
 )
 def test_family_exports_load_in_peft_and_transformers(hf, tmp_path, case):
@@ -453,9 +468,10 @@ def test_family_exports_load_in_peft_and_transformers(hf, tmp_path, case):
     model = model_cls(config_cls(**kw)).eval()
     _save(model, tmp_path / "hf")
     pre = load_pretrained(str(tmp_path / "hf"))
+    lora = morejax.LoRA(rank=4, alpha=8)  # Phi-3's fused kernels: one matrix each, as PEFT
     base, adapters = morejax.adapt(
         pre.params,
-        {r".*/(q_proj|v_proj|down_proj)/kernel": morejax.LoRA(rank=4, alpha=8)},
+        {r".*/(q_proj|v_proj|qkv_proj|gate_up_proj|down_proj)/kernel": lora},
         jax.random.key(0),
     )
     # B starts at zero: move it so that the adapters change the logits.
@@ -489,6 +505,7 @@ PUBLISHED = {
     "gemma2-2b": 2_614_341_888,
     "gemma2-9b": 9_241_705_984,
     "gemma3-1b": 999_885_952,
+    "phi3-mini": 3_821_079_552,
 }
 
 

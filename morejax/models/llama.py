@@ -1,18 +1,18 @@
-"""LLaMA-family decoders (LLaMA 1/2/3, SmolLM2, Mistral, Qwen 2/2.5/3, Gemma 2, Gemma 3 text) in
-Linen, with an explicit KV cache.
+"""LLaMA-family decoders (LLaMA 1/2/3, SmolLM2, Mistral, Qwen 2/2.5/3, Gemma 2, Gemma 3 text,
+Phi-3) in Linen, with an explicit KV cache.
 
 The families differ by switches of one config (q/k/v biases, per-head q/k norms, sliding-window
-layers, Gemma's norms and soft-capping); `FAMILIES` maps each Hugging Face ``model_type`` to its
-architecture and `FAMILY_TRAITS` to the switches it fixes. Every projection
-is an ``nn.Dense`` named as in Hugging Face, so the transform can adapt it unmodified and
-checkpoints map one-to-one. The KV cache
-is a plain pytree passed in and returned (not a Flax ``cache`` collection) so
-that decoding loops can carry it through ``jax.jit`` / ``lax.while_loop`` without
-knowing how the parameters are structured.
+layers, Gemma's norms and soft-capping, Phi-3's fused projections); `FAMILIES` maps each Hugging
+Face ``model_type`` to its architecture and `FAMILY_TRAITS` to the switches it fixes. Every
+projection is an ``nn.Dense`` named as in Hugging Face, so the transform can adapt it unmodified
+and checkpoints map one-to-one. The KV cache is a plain pytree passed in and returned (not a
+Flax ``cache`` collection) so that decoding loops can carry it through ``jax.jit`` /
+``lax.while_loop`` without knowing how the parameters are structured.
 
 Shape suffixes: B batch, L query length, S key (cache) length, D hidden, H query
 heads, G key/value heads, R = H // G query heads per KV head, K head dim,
-F feed-forward width, V vocabulary, N layers.
+F feed-forward width, V vocabulary, N layers, Q rotated dims of a head (K unless partial),
+E a projection's output width before it is split into heads.
 """
 
 from __future__ import annotations
@@ -148,6 +148,10 @@ class LlamaConfig:
     norm_plus_one: bool | None = None  # Gemma: RMSNorm scales by (1 + w), w stored
     sandwich_norms: bool | None = None  # Gemma: attention and MLP outputs normed too
     scale_embeddings: bool | None = None  # Gemma: embeddings times sqrt(hidden_size)
+    # Phi-3: q,k,v as one qkv_proj kernel, gate and up as one gate_up_proj (an adapter on one
+    # treats it as one matrix, as PEFT does).
+    fused_proj: bool | None = None
+    partial_rotary_factor: float = 1.0  # Phi-3: RoPE on the first int(K * factor) dims only
     # Gemma: scores scaled by query_pre_attn_scalar**-0.5 (None: head_dim's); c * tanh(x / c)
     # caps of the attention scores and of the final logits.
     query_pre_attn_scalar: float | None = None
@@ -192,8 +196,10 @@ class LlamaConfig:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
             )
-        if self.head_dim % 2:
-            raise ValueError(f"rotary embeddings need an even head_dim, got {self.head_dim}")
+        if self.rotary_dim % 2 or self.rotary_dim <= 0:
+            raise ValueError(
+                f"rotary embeddings need an even number of rotated dims, got {self.rotary_dim}"
+            )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
         if self.attention not in ATTENTION:
@@ -209,6 +215,11 @@ class LlamaConfig:
 
     def replace(self, **changes) -> LlamaConfig:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def rotary_dim(self) -> int:
+        """Q: the leading dims of each head that RoPE rotates (as transformers rounds it)."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     def sliding_layers(self) -> tuple[bool, ...]:
         """Per layer: does it attend within the sliding window only?"""
@@ -245,10 +256,11 @@ class LlamaConfig:
                 f"config.json {act_field} {act!r}: {model_type} uses "
                 f"{FAMILY_TRAITS[model_type]['hidden_act']!r}"
             )
-        if hf.get("partial_rotary_factor", 1.0) != 1.0:
+        partial = (hf.get("rope_parameters") or {}).get("partial_rotary_factor")
+        partial = float(hf.get("partial_rotary_factor", 1.0) if partial is None else partial)
+        if partial != 1.0 and model_type != "phi3":
             raise NotImplementedError(
-                f"config.json partial_rotary_factor={hf['partial_rotary_factor']}: the whole "
-                "head is rotated here"
+                f"config.json partial_rotary_factor={partial}: {model_type} rotates the whole head"
             )
         if hf.get("mlp_bias"):
             raise NotImplementedError("config.json mlp_bias=true: the MLP here has no biases")
@@ -276,8 +288,10 @@ class LlamaConfig:
             eos_token_id=hf.get("eos_token_id"),
             pad_token_id=hf.get("pad_token_id"),
             initializer_range=float(hf.get("initializer_range", 0.02)),
-            qkv_bias=model_type == "qwen2" or attention_bias,
-            o_bias=attention_bias and model_type != "qwen2",
+            partial_rotary_factor=partial,
+            # Phi3Attention has no biases, whatever attention_bias says.
+            qkv_bias=model_type == "qwen2" or (attention_bias and model_type != "phi3"),
+            o_bias=attention_bias and model_type not in ("qwen2", "phi3"),
             qk_norm=model_type in ("qwen3", "gemma3_text"),
             sliding_window=window,
             layer_types=layer_types,
@@ -332,9 +346,13 @@ class LlamaConfig:
             out["attention_bias"] = self.o_bias
             if self.qkv_bias != self.o_bias:
                 raise ValueError(f"{self.model_type} has biases on all of q,k,v,o or none")
+        if self.model_type == "phi3":
+            if self.o_bias:
+                raise ValueError("phi3 has no attention biases")
+            out["partial_rotary_factor"] = self.partial_rotary_factor
         if self.model_type in ("qwen2", "qwen3"):
             out["use_sliding_window"] = self.sliding_window is not None
-        if self.sliding_window is not None or self.model_type == "mistral" or gemma:
+        if self.sliding_window is not None or self.model_type in ("mistral", "phi3") or gemma:
             out["sliding_window"] = self.sliding_window
         if self.layer_types is not None:
             out["layer_types"] = list(self.layer_types)
@@ -358,6 +376,7 @@ FAMILIES = {
     "qwen3": "Qwen3ForCausalLM",
     "gemma2": "Gemma2ForCausalLM",
     "gemma3_text": "Gemma3ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
 LAYER_TYPES = ("full_attention", "sliding_attention")
 
@@ -371,10 +390,18 @@ NOT_IMPLEMENTED = {
 }
 
 _LLAMA_TRAITS = dict(
-    hidden_act="silu", norm_plus_one=False, sandwich_norms=False, scale_embeddings=False
+    hidden_act="silu",
+    norm_plus_one=False,
+    sandwich_norms=False,
+    scale_embeddings=False,
+    fused_proj=False,
 )
 _GEMMA_TRAITS = dict(
-    hidden_act="gelu_pytorch_tanh", norm_plus_one=True, sandwich_norms=True, scale_embeddings=True
+    _LLAMA_TRAITS,
+    hidden_act="gelu_pytorch_tanh",
+    norm_plus_one=True,
+    sandwich_norms=True,
+    scale_embeddings=True,
 )
 # model_type -> the switches its architecture fixes (LlamaConfig fills them in, or checks them).
 FAMILY_TRAITS = {
@@ -384,6 +411,7 @@ FAMILY_TRAITS = {
     "qwen3": _LLAMA_TRAITS,
     "gemma2": _GEMMA_TRAITS,
     "gemma3_text": _GEMMA_TRAITS,
+    "phi3": dict(_LLAMA_TRAITS, fused_proj=True),
 }
 # Settings only some architectures have (elsewhere they must keep their defaults).
 _FAMILY_FIELDS = {
@@ -391,6 +419,7 @@ _FAMILY_FIELDS = {
     "attn_softcap": ("gemma2",),
     "final_softcap": ("gemma2", "gemma3_text"),
     "rope_local_theta": ("gemma3_text",),
+    "partial_rotary_factor": ("phi3",),
 }
 # transformers' defaults for keys a config.json may leave out, where they differ from LLaMA's.
 _HF_DEFAULTS = {
@@ -415,6 +444,7 @@ _HF_DEFAULTS = {
         rope_theta=1_000_000.0,
         rope_local_base_freq=10_000.0,
     ),
+    "phi3": dict(rms_norm_eps=1e-5, max_position_embeddings=4096),
 }
 
 
@@ -430,15 +460,16 @@ def _hf_sliding(hf: Mapping[str, Any], model_type: str):
     if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
         window = None
     layer_types = hf.get("layer_types")
-    if model_type == "mistral" and layer_types is not None:
+    if model_type in ("mistral", "phi3") and layer_types is not None:
         raise NotImplementedError(
-            "config.json layer_types on a mistral model: alternating attention is Ministral's"
+            f"config.json layer_types on a {model_type} model: transformers' {model_type} slides "
+            "every layer (alternating attention is Ministral's)"
         )
     if layer_types is None and window is not None and model_type == "gemma2":
         layer_types = _every_nth_full(hf["num_hidden_layers"], 2)
     if layer_types is None and window is not None and model_type == "gemma3_text":
         layer_types = _every_nth_full(hf["num_hidden_layers"], int(hf["sliding_window_pattern"]))
-    if layer_types is None and window is not None and model_type != "mistral":
+    if layer_types is None and window is not None and model_type in ("qwen2", "qwen3"):
         first = int(hf.get("max_window_layers", 28))
         layer_types = [
             "sliding_attention" if i >= first else "full_attention"
@@ -494,6 +525,7 @@ def _hf_rope_gemma3(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None, f
 def _rope(params: Mapping[str, Any], theta, max_positions, field: str):
     """(theta, scaling) of one rope dict; `theta` and `max_positions`: the defaults it may omit."""
     rope = dict(params)
+    rope.pop("partial_rotary_factor", None)  # read by from_hf_config
     theta = rope.pop("rope_theta", theta)
     kind = rope.pop("rope_type", rope.pop("type", "default"))
     if kind == "default":
@@ -740,6 +772,22 @@ CONFIGS: dict[str, LlamaConfig] = {
         layer_types=_every_nth_full(26, 6),
         query_pre_attn_scalar=256,
     ),
+    "phi3-mini": LlamaConfig(  # Phi-3-mini-4k-instruct
+        model_type="phi3",
+        vocab_size=32064,
+        hidden_size=3072,
+        num_layers=32,
+        num_heads=32,
+        num_kv_heads=32,
+        intermediate_size=8192,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        max_seq_len=4096,
+        bos_token_id=1,
+        eos_token_id=32000,
+        pad_token_id=32000,
+        sliding_window=2047,
+    ),
 }
 
 
@@ -782,9 +830,9 @@ ACTIVATIONS = {"silu": nn.silu, "gelu_pytorch_tanh": lambda x: nn.gelu(x, approx
 
 
 def rope_inv_freq(config: LlamaConfig, local: bool = False) -> np.ndarray:
-    """Rotary inverse frequencies (K/2,), scaled when configured; `local`: those of sliding
+    """Rotary inverse frequencies (Q/2,), scaled when configured; `local`: those of sliding
     layers where they have their own base (Gemma 3), unscaled."""
-    k = config.head_dim
+    k = config.rotary_dim
     if local and config.rope_local_theta is not None:
         return (1.0 / (config.rope_local_theta ** (np.arange(0, k, 2) / k))).astype(np.float32)
     inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, k, 2, dtype=np.float64) / k))
@@ -805,19 +853,24 @@ def rope_inv_freq(config: LlamaConfig, local: bool = False) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
-def rope_sin_cos(positions_BxL, inv_freq_K2):
-    """sin/cos tables (B, L, 1, K) in the rotate-half layout (halves repeated)."""
-    angles_BxLxK2 = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_K2
-    angles_BxLxK = jnp.concatenate([angles_BxLxK2, angles_BxLxK2], axis=-1)
-    return jnp.sin(angles_BxLxK)[:, :, None, :], jnp.cos(angles_BxLxK)[:, :, None, :]
+def rope_sin_cos(positions_BxL, inv_freq_Q2):
+    """sin/cos tables (B, L, 1, Q) in the rotate-half layout (halves repeated)."""
+    angles_BxLxQ2 = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_Q2
+    angles_BxLxQ = jnp.concatenate([angles_BxLxQ2, angles_BxLxQ2], axis=-1)
+    return jnp.sin(angles_BxLxQ)[:, :, None, :], jnp.cos(angles_BxLxQ)[:, :, None, :]
 
 
-def apply_rope(x_BxLxHxK, sin_BxLx1xK, cos_BxLx1xK):
-    """Hugging Face rotate-half RoPE: pairs dimension i with i + K/2."""
-    half = x_BxLxHxK.shape[-1] // 2
-    x32 = x_BxLxHxK.astype(jnp.float32)
-    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-    return (x32 * cos_BxLx1xK + rotated * sin_BxLx1xK).astype(x_BxLxHxK.dtype)
+def apply_rope(x_BxLxHxK, sin_BxLx1xQ, cos_BxLx1xQ):
+    """Hugging Face rotate-half RoPE: pairs dimension i with i + Q/2 among the first Q (the
+    rest, when Q < K, pass through unrotated)."""
+    Q = sin_BxLx1xQ.shape[-1]
+    x32_BxLxHxQ = x_BxLxHxK[..., :Q].astype(jnp.float32)
+    half = Q // 2
+    rotated = jnp.concatenate([-x32_BxLxHxQ[..., half:], x32_BxLxHxQ[..., :half]], axis=-1)
+    out = (x32_BxLxHxQ * cos_BxLx1xQ + rotated * sin_BxLx1xQ).astype(x_BxLxHxK.dtype)
+    if Q == x_BxLxHxK.shape[-1]:
+        return out
+    return jnp.concatenate([out, x_BxLxHxK[..., Q:]], axis=-1)
 
 
 def _dense(config: LlamaConfig, features: int, name: str | None = None, bias=False) -> nn.Dense:
@@ -856,9 +909,16 @@ class LlamaAttention(nn.Module):
         sin_BxLx1xK, cos_BxLx1xK = _pick(ropes, sliding)
         B, L, _ = x_BxLxD.shape
         H, G, K = c.num_heads, c.num_kv_heads, c.head_dim
-        q_BxLxHxK = _dense(c, H * K, "q_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, H, K)
-        k_BxLxGxK = _dense(c, G * K, "k_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, G, K)
-        v_BxLxGxK = _dense(c, G * K, "v_proj", c.qkv_bias)(x_BxLxD).reshape(B, L, G, K)
+        if c.fused_proj:  # Phi-3: q, k, v side by side in one kernel
+            qkv_BxLxE = _dense(c, (H + 2 * G) * K, "qkv_proj", c.qkv_bias)(x_BxLxD)
+            q_BxLxE, k_BxLxE, v_BxLxE = jnp.split(qkv_BxLxE, [H * K, (H + G) * K], axis=-1)
+        else:
+            q_BxLxE = _dense(c, H * K, "q_proj", c.qkv_bias)(x_BxLxD)
+            k_BxLxE = _dense(c, G * K, "k_proj", c.qkv_bias)(x_BxLxD)
+            v_BxLxE = _dense(c, G * K, "v_proj", c.qkv_bias)(x_BxLxD)
+        q_BxLxHxK = q_BxLxE.reshape(B, L, H, K)
+        k_BxLxGxK = k_BxLxE.reshape(B, L, G, K)
+        v_BxLxGxK = v_BxLxE.reshape(B, L, G, K)
         if c.qk_norm:
             q_BxLxHxK = _norm(c, "q_norm")(q_BxLxHxK)
             k_BxLxGxK = _norm(c, "k_norm")(k_BxLxGxK)
@@ -918,15 +978,21 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
-    """Gated feed-forward: down(act(gate(x)) * up(x)); SwiGLU, or GeGLU (Gemma)."""
+    """Gated feed-forward: down(act(gate(x)) * up(x)); SwiGLU, or GeGLU (Gemma); gate and up
+    fused in one kernel, gate first (Phi-3)."""
 
     config: LlamaConfig
 
     @nn.compact
     def __call__(self, x_BxLxD):
         c = self.config
-        gate_BxLxF = _dense(c, c.intermediate_size, "gate_proj")(x_BxLxD)
-        up_BxLxF = _dense(c, c.intermediate_size, "up_proj")(x_BxLxD)
+        F = c.intermediate_size
+        if c.fused_proj:
+            gate_up_BxLx2F = _dense(c, 2 * F, "gate_up_proj")(x_BxLxD)
+            gate_BxLxF, up_BxLxF = gate_up_BxLx2F[..., :F], gate_up_BxLx2F[..., F:]
+        else:
+            gate_BxLxF = _dense(c, F, "gate_proj")(x_BxLxD)
+            up_BxLxF = _dense(c, F, "up_proj")(x_BxLxD)
         act = ACTIVATIONS[c.hidden_act]
         return _dense(c, c.hidden_size, "down_proj")(act(gate_BxLxF) * up_BxLxF)
 
@@ -1133,9 +1199,11 @@ _LAYER_NAMES = {
         "self_attn.q_proj",
         "self_attn.k_proj",
         "self_attn.v_proj",
+        "self_attn.qkv_proj",
         "self_attn.o_proj",
         "mlp.gate_proj",
         "mlp.up_proj",
+        "mlp.gate_up_proj",
         "mlp.down_proj",
     )
     for kind, leaf in (("weight", "kernel"), ("bias", "bias"))
@@ -1163,13 +1231,15 @@ def _transpose(w: np.ndarray) -> np.ndarray:
 
 def _layer_names(config: LlamaConfig) -> set[str]:
     """The per-layer tensor names a checkpoint of this config holds."""
-    names = {f"self_attn.{p}_proj.weight" for p in "qkvo"}
-    names |= {f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+    qkv = ("qkv",) if config.fused_proj else ("q", "k", "v")
+    names = {f"self_attn.{p}_proj.weight" for p in (*qkv, "o")}
+    gate_up = ("gate_up",) if config.fused_proj else ("gate", "up")
+    names |= {f"mlp.{p}_proj.weight" for p in (*gate_up, "down")}
     names |= {"input_layernorm.weight", "post_attention_layernorm.weight"}
     if config.sandwich_norms:
         names |= {"pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"}
     if config.qkv_bias:
-        names |= {f"self_attn.{p}_proj.bias" for p in "qkv"}
+        names |= {f"self_attn.{p}_proj.bias" for p in qkv}
     if config.o_bias:
         names.add("self_attn.o_proj.bias")
     if config.qk_norm:
