@@ -106,16 +106,23 @@ def test_shipped_reasoning_configs_train_on_no_scored_problem(shared_data, confi
         assert found == 2
 
 
-def test_glue_dev_sentences_seen_in_training_are_counted(shared_data):
-    """For information only: GLUE has a few sentences in both train and dev."""
+def test_glue_dev_sentences_seen_in_training_are_reported(shared_data, capsys):
+    """For information only (nothing is dropped): GLUE repeats a few CoLA sentences."""
     import csv
+
+    from morejax.train.config import Data
+    from morejax.train.inputs import load_split
 
     def sentences(name):
         with open(shared_data / "glue" / "CoLA" / name, newline="") as f:
             return [row[3] for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
 
     seen, total = overlap.count_text_overlap(sentences("train.tsv"), sentences("dev.tsv"))
-    assert total == 1043 and 0 < seen < total
+    assert total == 1043 and 0 < seen < 50
+    data = Data(kind="glue", task="cola", local_dir=str(shared_data / "glue"))
+    assert len(load_split(data, "validation", None)) == 1043
+    line = f"test overlap (information only): {seen} of 1043 cola validation examples also"
+    assert line in capsys.readouterr().out
 
 
 def test_the_opt_out_field_leaves_finished_points_keys_alone():

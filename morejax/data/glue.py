@@ -710,6 +710,40 @@ def load(
     return Examples(source, s.name) if normalize else source
 
 
+_OVERLAP_RECORD = "morejax_overlap.json"
+
+
+def split_overlap(task: str, split: str, *, data_dir=None, local_dir=None) -> tuple[int, int]:
+    """(examples of `split` whose text also occurs in train, examples of `split`), for
+    information: GLUE itself repeats a few sentences. Counted once per prepared copy (kept
+    beside it, so re-preparing counts again)."""
+    from morejax.data.overlap import count_text_overlap
+
+    s = spec(task)
+    data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    record = prepare(s.name, data_dir=data_dir, local_dir=local_dir) / _OVERLAP_RECORD
+    try:
+        counts = json.loads(record.read_text())
+    except (OSError, ValueError):
+        counts = {}
+    if split not in counts:
+
+        def texts(which):
+            examples = load(s.name, which, data_dir=data_dir, normalize=True)
+            rows = examples.__getitems__(range(len(examples)))
+            return [r["text_a"] + "\n" + (r["text_b"] or "") for r in rows]
+
+        counts[split] = count_text_overlap(texts("train"), texts(split))
+        try:
+            tmp = record.with_suffix(".tmp")
+            tmp.write_text(json.dumps(counts))
+            os.replace(tmp, record)
+        except OSError:  # a read-only copy: count again next time
+            pass
+    seen, total = counts[split]
+    return int(seen), int(total)
+
+
 def _text(value) -> str:
     if hasattr(value, "item") and not isinstance(value, str | bytes):
         value = value.item()  # numpy scalars from mocked/converted records

@@ -68,6 +68,14 @@ def load_split(data, split: str, limit: int | None, num_labels: int | None = Non
         )
         if num_labels is not None:
             glue.check_labels(data.task, source, num_labels, split)
+        if split != data.train_split:
+            seen, total = glue.split_overlap(
+                data.task, split, data_dir=data.data_dir, local_dir=data.local_dir
+            )
+            say(
+                f"test overlap (information only): {seen} of {total} {data.task} {split} "
+                f"examples also occur in {data.train_split}"
+            )
         return Head(source, limit)
     if data.kind == "text":
         from morejax.data import files
