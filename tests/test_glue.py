@@ -454,7 +454,7 @@ def test_failed_preparation_keeps_the_old_data(tmp_path, monkeypatch, capsys):
 def test_fingerprint_hashes_each_file_version_once(tmp_path, monkeypatch):
     root = write_glue_task(tmp_path, "cola")
     first = glue._fingerprint(glue.spec("cola"), root / "CoLA")
-    monkeypatch.setattr(glue.hashlib, "sha256", None)  # cached: not called again
+    monkeypatch.setattr(glue.folders.hashlib, "sha256", None)  # cached: not called again
     assert glue._fingerprint(glue.spec("cola"), root / "CoLA") == first
     monkeypatch.undo()
     (root / "CoLA" / "dev.tsv").write_text("gj04\t1\t\tan other sentence.\n", encoding="utf-8")

@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from morejax.data import folders
+
 __all__ = [
     "Prepared",
     "Rows",
@@ -53,7 +55,6 @@ HOLDOUT_SEED = 0  # the held-out slice is the same for every run seed and every 
 CHUNK_ROWS = 65536
 VERSION = 1  # of the prepared layout: a new one prepares every file again
 _RECORD, _TABLE = "source.json", "data.arrow"
-_HASHES: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) -> sha256
 
 
 def _say(msg: str) -> None:
@@ -310,18 +311,6 @@ def _write(path: Path, text: Sequence[str], label: str, out: Path) -> dict:
     }
 
 
-def _sha256(path: Path) -> str:
-    st = path.stat()
-    key = (os.fspath(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
-
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MOREJAX_DATA_CACHE") or "~/.cache/morejax/data").expanduser()
 
@@ -341,7 +330,7 @@ def prepare(
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     ident = json.dumps([os.fspath(path.resolve()), text, label, VERSION])
     folder = cache / f"{path.name}-{hashlib.sha256(ident.encode()).hexdigest()[:12]}"
-    fingerprint = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    fingerprint = {"size": path.stat().st_size, "sha256": folders.sha256(path)}
     try:
         record = json.loads((folder / _RECORD).read_text())
     except (OSError, ValueError):

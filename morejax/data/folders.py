@@ -7,6 +7,7 @@ package sits in a virtual environment, far from the user's data.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -32,3 +33,20 @@ def shared_data(*parts: str) -> Path:
     base = os.environ.get("MOREJAX_SHARED_DATA")
     base = Path(base) if base else project_root().parent / "shared" / "data"
     return base.joinpath(*parts)
+
+
+_HASHES: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256
+
+
+def sha256(path: Path) -> str:
+    """A data file's content hash, once per file version in this process (MNLI, QQP and
+    users' files: hundreds of MB), for the fingerprints that say when to prepare again."""
+    st = path.stat()
+    key = (os.fspath(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]

@@ -27,7 +27,6 @@ import contextlib
 import csv
 import dataclasses
 import functools
-import hashlib
 import io
 import json
 import os
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from morejax.data import folders
 from morejax.data.metrics import TASK_METRICS, canonical_task
 
 __all__ = [
@@ -459,7 +459,6 @@ def _extracted_root(s: TaskSpec, task_dir: Path) -> Iterator[str]:
 # --------------------------------------------------------------------------- source fingerprint
 
 _SOURCE_RECORD = "morejax_source.json"  # beside dataset_info.json in the prepared folder
-_HASHES: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256
 
 
 def _source_files(s: TaskSpec, task_dir: Path) -> dict[str, Path]:
@@ -475,24 +474,11 @@ def _source_files(s: TaskSpec, task_dir: Path) -> dict[str, Path]:
     return files
 
 
-def _sha256(path: Path) -> str:
-    """Content hash, once per file version in this process (MNLI, QQP: hundreds of MB)."""
-    st = path.stat()
-    key = (os.fspath(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
-
-
 def _fingerprint(s: TaskSpec, task_dir: Path) -> dict[str, dict[str, Any]]:
     """Name, size and content hash per source file; the folder's own path is left out,
     so moving or copying the same files does not prepare again."""
     return {
-        name: {"size": path.stat().st_size, "sha256": _sha256(path)}
+        name: {"size": path.stat().st_size, "sha256": folders.sha256(path)}
         for name, path in sorted(_source_files(s, task_dir).items())
     }
 
