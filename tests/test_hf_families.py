@@ -312,7 +312,15 @@ def test_family_folder_matches_transformers_logits_and_greedy_generation(hf, tmp
 
 # attention='xla' against einsum: a window, and what each family adds to the attention.
 FLASH_CASES = {
+    "llama": dict(qkv_bias=True, o_bias=True),
     "mistral": dict(model_type="mistral", sliding_window=5),
+    "qwen2": dict(
+        model_type="qwen2",
+        qkv_bias=True,
+        sliding_window=5,
+        layer_types=("full_attention", "sliding_attention"),
+    ),
+    "qwen3": dict(model_type="qwen3", qk_norm=True),
     "gemma3_text": dict(
         model_type="gemma3_text",
         sliding_window=5,
@@ -441,6 +449,8 @@ def test_gemma3_4x_layout_reads_as_transformers_5_converts_it(hf):
 @pytest.mark.parametrize(
     "case",
     [
+        "llama-attention-bias",
+        "mistral-window-8",
         "qwen2-biases-tied",
         "qwen3-qk-norm-head-dim-24",
         "gemma2-softcaps-window-6",
