@@ -177,6 +177,14 @@ class LlamaConfig:
                     f"{self.model_type} has {name}={value!r}, got {getattr(self, name)!r}: "
                     "no Hugging Face architecture holds that combination"
                 )
+        if self.model_type in ("gemma2", "gemma3_text"):
+            # What transformers always sets for Gemma, explicit so that config.json round trips.
+            if self.query_pre_attn_scalar is None:
+                object.__setattr__(self, "query_pre_attn_scalar", self.head_dim)
+            if self.model_type == "gemma3_text" and self.rope_local_theta is None:
+                object.__setattr__(self, "rope_local_theta", self.rope_theta)
+            if self.model_type == "gemma3_text" and not self.qk_norm:
+                raise ValueError("gemma3_text has per-head q/k norms: set qk_norm=True")
         for name, families in _FAMILY_FIELDS.items():
             default = type(self).__dataclass_fields__[name].default
             if getattr(self, name) != default and self.model_type not in families:
@@ -337,11 +345,11 @@ class LlamaConfig:
             "torch_dtype": jnp.dtype(self.param_dtype).name,
         }
         if gemma:
-            out["query_pre_attn_scalar"] = self.query_pre_attn_scalar or self.head_dim
+            out["query_pre_attn_scalar"] = self.query_pre_attn_scalar
             out["attn_logit_softcapping"] = self.attn_softcap
             out["final_logit_softcapping"] = self.final_softcap
         if self.model_type == "gemma3_text":
-            out["rope_local_base_freq"] = self.rope_local_theta or self.rope_theta
+            out["rope_local_base_freq"] = self.rope_local_theta
         if self.model_type != "qwen2":  # Qwen 2's q/k/v biases are its architecture's
             out["attention_bias"] = self.o_bias
             if self.qkv_bias != self.o_bias:
