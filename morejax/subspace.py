@@ -103,12 +103,10 @@ def kernel_shifts(pretrained, base, adapters, k: int) -> list[dict]:
     """
     merged = paths.flatten(merge(_f32(base), adapters))
     before = paths.flatten(pretrained)
-    found = jax.tree_util.tree_flatten_with_path(adapters, is_leaf=is_adapter)[0]
     rows = []
-    for keypath, a in found:
+    for path, a in paths.flatten(adapters, is_leaf=is_adapter).items():
         if not isinstance(a, Adapter):
             continue  # trainable leaves (heads, norms) are not kernels to compare
-        path = paths.path_str(keypath)
         if path not in before:
             raise KeyError(f"{path} is adapted but absent from the pretrained params")
         k0, k1 = np.asarray(before[path], np.float32), np.asarray(merged[path], np.float32)

@@ -22,7 +22,14 @@ import jax
 import jax.numpy as jnp
 
 from morejax.methods import Full
-from morejax.paths import compile_patterns, matches_any, unflatten
+from morejax.paths import (
+    compile_patterns,
+    flatten_keys,
+    matches_any,
+    path_keys,
+    path_str,
+    unflatten,
+)
 
 ADAPTER_SUFFIX = "@adapter"  # a kernel's factors sit beside it in `params` as `kernel@adapter`
 ALL_LINEAR = "all-linear"
@@ -84,21 +91,6 @@ def is_adapter(x) -> bool:
 # ----------------------------------------------------------------------------- tree helpers
 
 
-def _flat(tree, is_leaf=None) -> dict[tuple, Any]:
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-    return {tuple(_key(k) for k in kp): v for kp, v in leaves}
-
-
-def _key(k):
-    return (
-        k.key if isinstance(k, jax.tree_util.DictKey) else getattr(k, "name", getattr(k, "idx", k))
-    )
-
-
-def _s(path: tuple) -> str:
-    return "/".join(str(k) for k in path)
-
-
 def _is_kernel(path: tuple, leaf) -> bool:
     return path[-1] == "kernel" and len(getattr(leaf, "shape", ())) >= 2
 
@@ -137,7 +129,7 @@ def plan(params, rules, *, exclude: Sequence[str] = (), layout=None) -> dict[str
     rules = _normalise_rules(rules)
     excluded = compile_patterns(exclude)
     head = re.compile(HEAD_PATTERN)
-    kernels = {_s(p): leaf for p, leaf in _flat(params).items() if _is_kernel(p, leaf)}
+    kernels = {path_str(p): leaf for p, leaf in flatten_keys(params).items() if _is_kernel(p, leaf)}
     hits = {i: 0 for i in range(len(rules))}
     chosen: dict[str, tuple] = {}
     for path_s, leaf in kernels.items():
@@ -201,10 +193,10 @@ def adapt(params, rules, key, *, exclude=(), trainable=(), layout=None):
     """
     chosen = plan(params, rules, exclude=exclude, layout=layout)
     train_pats = compile_patterns(trainable)
-    flat = _flat(params)
+    flat = flatten_keys(params)
     base, adapters = {}, {}
     for path, leaf in flat.items():
-        path_s = _s(path)
+        path_s = path_str(path)
         if path_s in chosen:
             method, lay = chosen[path_s]
             if isinstance(method, Full):
@@ -218,11 +210,13 @@ def adapt(params, rules, key, *, exclude=(), trainable=(), layout=None):
         else:
             base[path] = leaf
     if trainable and not any(
-        matches_any(_s(p), train_pats) for p in adapters if not isinstance(adapters[p], Adapter)
+        matches_any(path_str(p), train_pats)
+        for p in adapters
+        if not isinstance(adapters[p], Adapter)
     ):
         raise ValueError(
             f"trainable patterns {list(trainable)} matched no parameter; paths look like "
-            f"{[_s(p) for p in list(flat)[:8]]}"
+            f"{[path_str(p) for p in list(flat)[:8]]}"
         )
     return unflatten(base), unflatten(adapters)
 
@@ -239,12 +233,12 @@ def _delta_full(adapter: Adapter, kernel):
 
 
 def _adapter_items(adapters):
-    return _flat(adapters, is_leaf=is_adapter).items()
+    return flatten_keys(adapters, is_leaf=is_adapter).items()
 
 
 def merge(base, adapters):
     """Plain params with every kernel rewritten to K + ΔK and trainable leaves put back."""
-    flat = _flat(base)
+    flat = flatten_keys(base)
     for path, a in _adapter_items(adapters):
         if isinstance(a, Adapter):
             k = flat[path]
@@ -256,13 +250,13 @@ def merge(base, adapters):
 
 def unmerge(params, adapters):
     """The inverse of `merge`: the frozen base the adapters were merged into."""
-    flat = _flat(params)
+    flat = flatten_keys(params)
     for path, a in _adapter_items(adapters):
         if isinstance(a, Adapter):
             if type(a.method).__name__ == "DoRA":
                 raise ValueError(
-                    f"{_s(path)}: a merged DoRA kernel does not determine its base (the column "
-                    "scale is lost); keep the base instead of unmerging"
+                    f"{path_str(path)}: a merged DoRA kernel does not determine its base (the "
+                    "column scale is lost); keep the base instead of unmerging"
                 )
             k = flat[path]
             flat[path] = (k.astype(jnp.float32) - _delta_full(a, k)).astype(k.dtype)
@@ -276,12 +270,12 @@ def unmerge(params, adapters):
 
 def _factored_params(base, adapters):
     """base + trainable leaves, with each kernel's factors placed beside it as `kernel@adapter`."""
-    flat = _flat(base)
+    flat = flatten_keys(base)
     table = {}
     for path, a in _adapter_items(adapters):
         if isinstance(a, Adapter):
             flat[path[:-1] + (path[-1] + ADAPTER_SUFFIX,)] = a.params
-            table[_s(path[:-1])] = (a.method, a.layout, path[-1])
+            table[path_str(path[:-1])] = (a.method, a.layout, path[-1])
         else:
             flat[path] = a
     # `unflatten` treats the factor dicts as leaves; they are plain dicts Flax can slice under scan.
@@ -383,10 +377,10 @@ def kernel_layout(module: nn.Module, *args, **kwargs) -> dict[str, Layout]:
 
     shapes = jax.eval_shape(init, jax.random.key(0))["params"]
     out = {}
-    for path, leaf in _flat(shapes).items():
-        if _s(path) in inside:
-            ndim, n_in = inside[_s(path)]
-            out[_s(path)] = Layout(leaf.ndim - ndim, n_in)
+    for path, leaf in flatten_keys(shapes).items():
+        if path_str(path) in inside:
+            ndim, n_in = inside[path_str(path)]
+            out[path_str(path)] = Layout(leaf.ndim - ndim, n_in)
     return out
 
 
@@ -405,9 +399,9 @@ def nnx_split(model):
     layout = {}
     for path, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Linear):
-            layout[_s(path) + "/kernel"] = Layout(0, 1)
+            layout[path_str(path) + "/kernel"] = Layout(0, 1)
         elif isinstance(node, nnx.LinearGeneral):
-            layout[_s(path) + "/kernel"] = Layout(0, len(node.in_features))
+            layout[path_str(path) + "/kernel"] = Layout(0, len(node.in_features))
     return graphdef, params_state.to_pure_dict(), rest, layout
 
 
@@ -441,7 +435,7 @@ def nnx_call(fn: Callable, graphdef, base, adapters, rest, *args, merged=False, 
 
     if merged:
         return fn(nnx.merge(graphdef, merge(base, adapters), rest), *args, **kw)
-    flat = _flat(base)
+    flat = flatten_keys(base)
     wrapped = []
     for path, a in _adapter_items(adapters):
         if isinstance(a, Adapter):
@@ -523,18 +517,18 @@ def _natural(path: str) -> list:
 
 def summarize(base, adapters) -> ParamSummary:
     """What was adapted and how many parameters train; shapes suffice (use under eval_shape)."""
-    flat_base = _flat(base)
+    flat_base = flatten_keys(base)
     rows, adapter_n, other_n = [], 0, 0
     for path, a in _adapter_items(adapters):
         if isinstance(a, Adapter):
             n = count_params(a.params)
             adapter_n += n
             shape = tuple(flat_base[path].shape)
-            rows.append(ParamRow(_s(path), shape, _method_str(a.method), n))
+            rows.append(ParamRow(path_str(path), shape, _method_str(a.method), n))
         else:
             n = count_params(a)
             other_n += n
-            rows.append(ParamRow(_s(path), tuple(a.shape), "trainable", n))
+            rows.append(ParamRow(path_str(path), tuple(a.shape), "trainable", n))
     return ParamSummary(tuple(rows), adapter_n, other_n, count_params(base))
 
 
@@ -568,6 +562,6 @@ def cast(tree, dtype, *, adapters=None):
     def one(kp, x):
         if not jnp.issubdtype(x.dtype, jnp.floating):
             return x
-        return x.astype(keep.get(tuple(_key(k) for k in kp), dtype))
+        return x.astype(keep.get(path_keys(kp), dtype))
 
     return jax.tree_util.tree_map_with_path(one, tree)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import missing
 
+from morejax import paths
 from morejax.models import bert, registry, weights
 from morejax.models.bert import (
     CONFIGS,
@@ -98,8 +99,8 @@ def test_minilm_classification_head_is_fresh(minilm):
     assert isinstance(pre.model, BertForSequenceClassification)
     assert pre.params["head"]["out_proj"]["kernel"].shape == (384, 3)
     # the encoder is the pretrained one, whatever the head
-    flat = weights.flatten_tree(pre.params)
-    for path, leaf in weights.flatten_tree(emb.params).items():
+    flat = paths.flatten_dict(pre.params)
+    for path, leaf in paths.flatten_dict(emb.params).items():
         np.testing.assert_array_equal(flat[path], leaf)
     # the head is freshly drawn (std 0.02), not the sentence-transformers file's pooler
     pooler = dict(weights.safetensors_tensors(registry.find_model_dir("minilm-l6")))

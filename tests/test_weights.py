@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
+from morejax import paths
 from morejax.models import weights
 from morejax.models.bert import (
     BertConfig,
@@ -43,7 +44,7 @@ def init(model, seed=0):
 
 
 def assert_trees_equal(a, b):
-    fa, fb = weights.flatten_tree(a), weights.flatten_tree(b)
+    fa, fb = paths.flatten_dict(a), paths.flatten_dict(b)
     assert fa.keys() == fb.keys()
     for k in fa:
         np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=str(k))

@@ -12,13 +12,12 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import jax
 import ml_dtypes
 import numpy as np
 
-from morejax.paths import unflatten
+from morejax.paths import flatten_dict, path_str, unflatten
 
 __all__ = [
     "Rename",
@@ -27,8 +26,6 @@ __all__ = [
     "safetensors_tensors",
     "load_params",
     "save_safetensors",
-    "flatten_tree",
-    "unflatten_tree",
 ]
 
 # rename(hf_name) -> None (ignore the tensor) or (path, layer_index, transform).
@@ -135,31 +132,6 @@ def safetensors_tensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarr
                 yield name, raw(name)
 
 
-# --------------------------------------------------------------------------- trees
-
-
-def flatten_tree(tree: Mapping) -> dict[tuple[str, ...], Any]:
-    """Nested mapping -> {path tuple: leaf}; paths are plain string tuples."""
-    out: dict[tuple[str, ...], Any] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, Mapping):
-            for k, v in node.items():
-                walk(v, prefix + (str(k),))
-        else:
-            out[prefix] = node
-
-    walk(tree, ())
-    return out
-
-
-unflatten_tree = unflatten
-
-
-def _path(p: tuple[str, ...]) -> str:
-    return "/".join(p)
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -183,7 +155,7 @@ def load_params(
     """
     if unknown not in ("warn", "error", "ignore"):
         raise ValueError(f"unknown must be 'warn', 'error' or 'ignore', got {unknown!r}")
-    targets = flatten_tree(abstract_params)
+    targets = flatten_dict(abstract_params)
     buffers: dict[tuple[str, ...], np.ndarray] = {}
     filled: dict[tuple[str, ...], set | bool] = {}
     unknown_names: list[str] = []
@@ -209,12 +181,12 @@ def load_params(
         path = tuple(path)
         if path not in targets:
             raise ValueError(
-                f"checkpoint tensor {name!r} maps to {_path(path)}, which this model does not "
+                f"checkpoint tensor {name!r} maps to {path_str(path)}, which this model does not "
                 f"have: is this checkpoint for another model (e.g. more layers)?"
             )
         leaf_shape = tuple(targets[path].shape)
         value = np.asarray(transform(tensor) if transform is not None else tensor)
-        where = _path(path)
+        where = path_str(path)
         if layer is None:
             expected = leaf_shape
         else:
@@ -265,9 +237,9 @@ def load_params(
             continue
         if isinstance(done, set):
             gaps = sorted(set(range(leaf.shape[0])) - done)
-            missing.append(f"{_path(path)} (layers {gaps})")
+            missing.append(f"{path_str(path)} (layers {gaps})")
         else:
-            missing.append(_path(path))
+            missing.append(path_str(path))
     if missing:
         raise ValueError(
             f"{len(missing)} parameter(s) not found in the checkpoint: " + ", ".join(missing)
@@ -279,7 +251,7 @@ def load_params(
         # asynchronous and keeps its host buffer alive until done, so without the wait every
         # host buffer outlives the loop and the checkpoint is held twice.
         out[path] = jax.device_put(buffers.pop(path)).block_until_ready()
-    return unflatten_tree(out)
+    return unflatten(out)
 
 
 # --------------------------------------------------------------------------- saving
@@ -288,7 +260,7 @@ def load_params(
 def _tensor_pieces(params: Mapping, inverse_rename: InverseRename):
     """(hf_name, getter, shape, dtype) per stored tensor; getters materialise on demand."""
     pieces = []
-    for path, leaf in flatten_tree(params).items():
+    for path, leaf in flatten_dict(params).items():
         for hf_name, layer, transform in inverse_rename(path):
 
             def get(leaf=leaf, layer=layer, transform=transform):

@@ -36,6 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
+from morejax import paths
 from morejax.train.logger import say
 
 ITEMS = ("adapters", "optimizer", "meta", "data", "config")
@@ -116,16 +117,8 @@ def signature(tree) -> dict[str, tuple[tuple[int, ...], str]]:
         shape = getattr(leaf, "shape", None)
         shape = np.shape(leaf) if shape is None else shape
         dtype = np.asarray(leaf).dtype if dtype is None else dtype
-        key = "/".join(_key_str(k) for k in path)
-        out[key] = (tuple(int(d) for d in shape), str(np.dtype(dtype)))
+        out[paths.path_str(path)] = (tuple(int(d) for d in shape), str(np.dtype(dtype)))
     return out
-
-
-def _key_str(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
 
 
 def tree_differences(saved: dict, expected: dict) -> list[str]:
