@@ -178,6 +178,28 @@ def _is_more(exp) -> bool:
 # ----------------------------------------------------------------------------- import
 
 
+def describe(adapters) -> str:
+    """One line: each distinct method and the kernels it adapts, e.g. for error messages."""
+    from morejax.interop import flatten_adapters
+    from morejax.transform import Adapter
+
+    groups: dict[str, list[str]] = {}
+    trained = []
+    for path, a in flatten_adapters(adapters).items():
+        if isinstance(a, Adapter):
+            groups.setdefault(repr(a.method), []).append("/".join(path))
+        else:
+            trained.append("/".join(path))
+    parts = [
+        f"{m} on {len(v)} kernel(s) ({', '.join(v[:3])}{', ...' * (len(v) > 3)})"
+        for m, v in groups.items()
+    ]
+    if trained:
+        trained.sort()
+        parts.append(f"trained leaves {trained[:4]}{' ...' * (len(trained) > 4)}")
+    return "; ".join(parts) or "(nothing)"
+
+
 def _same_method(a, b) -> bool:
     """Equal up to dropout (which changes training, not the adapter's function)."""
     if type(a) is not type(b):
@@ -210,7 +232,7 @@ def _reconcile(imported, template, fill: dict, where: str):
     if extra or wrong:
         raise ValueError(
             f"the adapter in {where} does not fit this config: it has "
-            f"{interop.describe(imported)}; the config has {interop.describe(template)}"
+            f"{describe(imported)}; the config has {describe(template)}"
             + (f"; not trained by the config: {extra[:6]}" if extra else "")
             + (f"; different or missing: {wrong[:6]}" if wrong else "")
             + ". Set --set adapter=... / targets=... / trainable=... to match the adapter"
@@ -306,7 +328,7 @@ def cmd_import(args) -> int:
         ckpt.close()
     n = sum(x.size for x in jax.tree.leaves(adapters))
     print(
-        f"imported {folder} ({n:,} params: {interop.describe(adapters)}) as step 0 of "
+        f"imported {folder} ({n:,} params: {describe(adapters)}) as step 0 of "
         f"{workdir}; evaluate with: morejax eval --workdir {workdir}"
     )
     return 0

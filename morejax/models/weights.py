@@ -7,6 +7,7 @@ place, so a checkpoint never exists twice in memory. The model-specific part is 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -22,6 +23,9 @@ from morejax.paths import flatten_dict, path_str, unflatten
 __all__ = [
     "Rename",
     "InverseRename",
+    "Target",
+    "target",
+    "known_target",
     "safetensors_files",
     "safetensors_tensors",
     "load_params",
@@ -33,6 +37,37 @@ __all__ = [
 Rename = Callable[[str], "tuple[tuple[str, ...], int | None, Callable | None] | None"]
 # inverse_rename(path) -> list of (hf_name, layer_index, transform) pieces of that leaf.
 InverseRename = Callable[[tuple[str, ...]], "Iterable[tuple[str, int | None, Callable | None]]"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where a rename puts one checkpoint tensor: a leaf, its layer in a stacked (scanned)
+    leaf or None for the whole leaf, and the transform from the checkpoint's layout."""
+
+    path: tuple[str, ...]
+    layer: int | None
+    transform: Callable | None
+
+    def value(self, tensor) -> np.ndarray:
+        """The tensor as the leaf holds it (a torch Linear weight transposed to a kernel)."""
+        return np.asarray(self.transform(tensor) if self.transform is not None else tensor)
+
+
+def target(rename: Rename, name: str) -> Target | None:
+    """Where `rename` puts the tensor `name`; None for one the model ignores (rotary buffers,
+    a tied lm_head). A name the rename does not know raises KeyError."""
+    found = rename(name)
+    return None if found is None else Target(tuple(found[0]), found[1], found[2])
+
+
+def known_target(rename: Rename, name: str) -> Target | None:
+    """`target`, with names the rename does not know also None: for reading part of a
+    checkpoint, or an adapter folder whose names each caller checks."""
+    try:
+        return target(rename, name)
+    except KeyError:
+        return None
+
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -171,21 +206,20 @@ def load_params(
 
     for name, tensor in named_tensors:
         try:
-            target = rename(name)
+            found = target(rename, name)
         except KeyError:
             unknown_names.append(name)
             continue
-        if target is None:
+        if found is None:
             continue
-        path, layer, transform = target
-        path = tuple(path)
+        path, layer = found.path, found.layer
         if path not in targets:
             raise ValueError(
                 f"checkpoint tensor {name!r} maps to {path_str(path)}, which this model does not "
                 f"have: is this checkpoint for another model (e.g. more layers)?"
             )
         leaf_shape = tuple(targets[path].shape)
-        value = np.asarray(transform(tensor) if transform is not None else tensor)
+        value = found.value(tensor)
         where = path_str(path)
         if layer is None:
             expected = leaf_shape
