@@ -18,7 +18,8 @@ import jax
 import numpy as np
 
 from morejax.models import bert, llama, weights
-from morejax.transform import Adapter
+from morejax.paths import flatten_keys
+from morejax.transform import Adapter, is_adapter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +88,9 @@ def module_of(hf_name: str) -> str:
 # ----------------------------------------------------------------------------- trees
 
 
-def _is_adapter(x) -> bool:
-    return isinstance(x, Adapter)
-
-
 def flatten_adapters(tree) -> dict[tuple[str, ...], Any]:
-    """{path tuple: leaf}, an ``Adapter`` node counting as one leaf."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_adapter)[0]
-    return {tuple(str(getattr(k, "key", k)) for k in kp): v for kp, v in leaves}
+    """{path tuple of strings: leaf}, an ``Adapter`` node counting as one leaf."""
+    return flatten_keys(tree, is_leaf=is_adapter, as_str=True)
 
 
 def plain_params(base, adapters) -> dict:
