@@ -167,6 +167,22 @@ def test_collect_lists_missing_and_failed_points(cfg_file, tmp_path, fake, capsy
     assert sorted(p.name for p in root.glob(".results*")) == []  # no temporary files left
 
 
+def test_a_sweep_that_finishes_fewer_points_keeps_the_better_table(
+    cfg_file, tmp_path, fake, capsys
+):
+    """A rerun in the same folder with other --set values whose points all fail (or that
+    is stopped early) prints its rows but leaves the table of six finished points."""
+    root = tmp_path / "sweep"
+    assert cli.main(_argv(cfg_file, root, False)) == 0
+    table = (root / "results.csv").read_text(), (root / "results.md").read_text()
+    fake.fail = {"steps="}
+    capsys.readouterr()
+    assert cli.main(_argv(cfg_file, root, False, "--set", "eval_every=2")) == 1
+    out = capsys.readouterr().out
+    assert "0 of 6 points finished; kept" in out and "which hold 6 finished points" in out
+    assert ((root / "results.csv").read_text(), (root / "results.md").read_text()) == table
+
+
 def test_an_empty_shard_prints_no_broken_table(cfg_file, tmp_path, fake, capsys):
     assert cli.main(_argv(cfg_file, tmp_path, True, "--shard", "3/3")) == 0
     out = capsys.readouterr().out

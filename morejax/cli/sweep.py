@@ -174,7 +174,7 @@ def cmd_sweep(args) -> int:
             for i, p in enumerate(group):
                 rows.append(_row(p, out, i if vector else None, "done"))
         except Preempted as e:  # the whole job is being stopped: not a failed point
-            write_table(rows, root, stem)
+            publish(rows, root, stem)
             print(f"preempted: {e}; rerun the sweep to resume", file=sys.stderr, flush=True)
             return e.exit_code
         except Exception as e:  # one failing point does not stop the sweep
@@ -187,10 +187,10 @@ def cmd_sweep(args) -> int:
                 (workdir / FAILED).write_text(json.dumps(record, indent=1) + "\n")
             for p in group:
                 rows.append(_row(p, None, None, "failed", error))
-    write_table(rows, root, stem)
     if rows:
         print(markdown(rows))
-    print(f"[sweep] {len(rows)} {what}, {failed} failed; table in {root}/{stem}.csv and .md")
+    if publish(rows, root, stem):
+        print(f"[sweep] {len(rows)} {what}, {failed} failed; table in {root}/{stem}.csv and .md")
     if failed:
         print("[sweep] rerun the same command to retry the failed points (finished ones are kept)")
     return 1 if failed else 0
@@ -225,14 +225,7 @@ def collect(args, root: Path, groups: list[tuple[dict, list[dict]]]) -> int:
     print(markdown(rows))
     bad = {s: [r["point"] for r in rows if r["status"] == s] for s in ("missing", "failed")}
     done = len(rows) - len(bad["missing"]) - len(bad["failed"])
-    kept = finished_in_table(root / "results.csv")
-    if kept > done:
-        print(
-            f"[sweep] collected {done} of {len(rows)} points; kept {root}/results.csv and .md, "
-            f"which hold {kept} finished points"
-        )
-    else:
-        write_table(rows, root)
+    if publish(rows, root):
         print(f"[sweep] collected {done} of {len(rows)} points into {root}/results.csv and .md")
     other, differ = finished_elsewhere(root, expected)
     if other:
@@ -251,6 +244,21 @@ def collect(args, root: Path, groups: list[tuple[dict, list[dict]]]) -> int:
         print("[sweep] run the sweep (or its missing shards) again to finish them")
         return 1
     return 0
+
+
+def publish(rows: list[dict], root: Path, stem: str = "results") -> bool:
+    """Write the table unless the one there lists more finished points (a sweep or collection
+    with other `--set` values, or one stopped early, must not replace a better table)."""
+    done = sum(r["status"] == "done" for r in rows)
+    kept = finished_in_table(root / f"{stem}.csv")
+    if kept > done:
+        print(
+            f"[sweep] {done} of {len(rows)} points finished; kept {root}/{stem}.csv and .md, "
+            f"which hold {kept} finished points"
+        )
+        return False
+    write_table(rows, root, stem)
+    return True
 
 
 def finished_in_table(path: Path) -> int:
