@@ -10,7 +10,6 @@ for any function of the params). NNX models go through `nnx_split` / `nnx_call`.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
 import zlib
@@ -21,7 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from morejax.methods import Full
 from morejax.paths import (
     compile_patterns,
     flatten_keys,
@@ -199,7 +197,7 @@ def adapt(params, rules, key, *, exclude=(), trainable=(), layout=None):
         path_s = path_str(path)
         if path_s in chosen:
             method, lay = chosen[path_s]
-            if isinstance(method, Full):
+            if method.trains_kernel:
                 adapters[path] = leaf
                 continue
             factors, new_kernel = _init_one(method, lay, _kernel_key(key, path_s), leaf)
@@ -253,10 +251,11 @@ def unmerge(params, adapters):
     flat = flatten_keys(params)
     for path, a in _adapter_items(adapters):
         if isinstance(a, Adapter):
-            if type(a.method).__name__ == "DoRA":
+            if a.method.merge_loses:
                 raise ValueError(
-                    f"{path_str(path)}: a merged DoRA kernel does not determine its base (the "
-                    "column scale is lost); keep the base instead of unmerging"
+                    f"{path_str(path)}: a merged {type(a.method).__name__} kernel does not "
+                    f"determine its base ({a.method.merge_loses}); keep the base instead of "
+                    "unmerging"
                 )
             k = flat[path]
             flat[path] = (k.astype(jnp.float32) - _delta_full(a, k)).astype(k.dtype)
@@ -280,11 +279,6 @@ def _factored_params(base, adapters):
             flat[path] = a
     # `unflatten` treats the factor dicts as leaves; they are plain dicts Flax can slice under scan.
     return unflatten(flat), table
-
-
-def _takes_xk(method) -> bool:
-    """Methods whose Δy needs x @ K (DoRA) take the layer's own product instead of redoing it."""
-    return "xk" in inspect.signature(method.apply).parameters
 
 
 def _matrix_call(method, params, x, kernel, n_in: int, rng, xk=None):
@@ -340,7 +334,7 @@ def call(apply_fn: Callable, base, adapters, *args, merged: bool = False, **kwar
         if getattr(method, "dropout", 0.0) and module.has_rng("dropout"):
             rng = module.make_rng("dropout")
         xk = None
-        if _takes_xk(method):  # the layer's y without its bias
+        if method.uses_layer_output:  # the layer's y without its bias
             has_bias = getattr(module, "use_bias", False) and module.has_variable("params", "bias")
             xk = y - module.get_variable("params", "bias") if has_bias else y
         n_in = _dense_n_in(module, x)

@@ -1,5 +1,7 @@
 """The transform: rules, factored == merged, init invariance, gradients, NNX, FLOPs."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ from flax import nnx
 
 import morejax
 from morejax import DoRA, Full, Layout, LoRA, MiLoRA, MoRe, PiSSA
+from morejax.methods import Method
 from tests.tiny_models import NNXMLP, tiny_linen
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -94,6 +97,37 @@ def test_gradients_reach_only_adapters_and_merge_round_trips(linen):
     back = morejax.unmerge(merged, trained)
     for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(base)):
         np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputScale(Method):
+    """A method the transform has never heard of: Δy = g ⊙ (x @ K), from the layer's output."""
+
+    uses_layer_output = True
+    merge_loses = "g and K are not separable"
+
+    def init(self, key, kernel):
+        return {"g": jnp.zeros(kernel.shape[1], jnp.float32)}, kernel
+
+    def apply(self, params, x, kernel=None, *, rng=None, xk=None):
+        if xk is None:
+            raise AssertionError("the factored call must pass the layer's x @ K")
+        return (xk * params["g"]).astype(x.dtype)
+
+    def delta(self, params, kernel=None):
+        return kernel.astype(jnp.float32) * params["g"]
+
+
+def test_a_new_method_needs_no_transform_edit(linen):
+    """The transform reads what a method declares: the layer output, an unmerge refusal."""
+    model, params, ids, layout = linen
+    base, adapters = morejax.adapt(params, {QKV: OutputScale()}, jax.random.key(0), layout=layout)
+    trained = perturb(adapters)
+    factored = morejax.call(model.apply, base, trained, ids)
+    merged = morejax.call(model.apply, base, trained, ids, merged=True)
+    np.testing.assert_allclose(factored, merged, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="layers/key/kernel: a merged OutputScale kernel does not"):
+        morejax.unmerge(morejax.merge(base, trained), trained)
 
 
 def test_rules_first_match_exclude_and_errors(linen):

@@ -1,5 +1,6 @@
 """Adapter methods: frozen dataclasses with init / apply (factored Δy) / delta (ΔK)."""
 
+from morejax.methods.base import Method
 from morejax.methods.dora import DoRA
 from morejax.methods.full import Full
 from morejax.methods.lora import LoRA
@@ -7,4 +8,4 @@ from morejax.methods.more import MoRe
 from morejax.methods.more_minor import MoReMinor
 from morejax.methods.svd import MiLoRA, PiSSA
 
-__all__ = ["DoRA", "Full", "LoRA", "MiLoRA", "MoRe", "MoReMinor", "PiSSA"]
+__all__ = ["DoRA", "Full", "LoRA", "Method", "MiLoRA", "MoRe", "MoReMinor", "PiSSA"]

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from morejax.methods import _common
+from morejax.methods.base import Method
 
 
 def _column_norm(kernel, a, b, scale):
@@ -27,7 +28,10 @@ def _column_norm(kernel, a, b, scale):
 
 
 @dataclasses.dataclass(frozen=True)
-class DoRA:
+class DoRA(Method):
+    uses_layer_output = True
+    merge_loses = "the column scale is lost"
+
     rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.0

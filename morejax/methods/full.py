@@ -11,9 +11,13 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from morejax.methods.base import Method
+
 
 @dataclasses.dataclass(frozen=True)
-class Full:
+class Full(Method):
+    trains_kernel = True
+
     def init(self, key, kernel):
         del key
         return {"kernel": kernel}, jnp.zeros_like(kernel)

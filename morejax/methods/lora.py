@@ -8,10 +8,11 @@ import math
 import jax.numpy as jnp
 
 from morejax.methods import _common
+from morejax.methods.base import Method
 
 
 @dataclasses.dataclass(frozen=True)
-class LoRA:
+class LoRA(Method):
     rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.0

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from morejax.methods import _common
+from morejax.methods.base import Method
 
 BLOCK_OUT = ("current", "paper")
 
@@ -35,7 +36,7 @@ def block_shapes(d_in: int, d_out: int, nblocks: int, block_out: str = "current"
 
 
 @dataclasses.dataclass(frozen=True)
-class MoRe:
+class MoRe(Method):
     nblocks: int = 4
     rank: int = 4
     dropout: float = 0.0

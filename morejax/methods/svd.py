@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from morejax.methods import _common
+from morejax.methods.base import Method
 
 _STORAGE = jnp.float32  # adapters train in float32 whatever the base dtype
 
@@ -59,7 +60,7 @@ def _check_residual_dtype(method) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _SVDLoRA:
+class _SVDLoRA(Method):
     rank: int = 8
     alpha: float | None = None  # None: alpha = rank (scale 1), as MiLoRA's official code fixes
     dropout: float = 0.0  # on the input, as LoRA's (the MiLoRA recipe uses 0.05)
