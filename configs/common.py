@@ -6,6 +6,7 @@ Config files import these and override fields; nothing here is run directly.
 import fiddle as fdl
 
 import morejax
+from morejax import methods
 from morejax.train.config import Data, Experiment, Mesh, Model, Optimizer, shared_dir
 
 QKV_BERT = r".*/(query|key|value)/kernel"
@@ -75,30 +76,25 @@ def more_minor(
     )
 
 
+def adapter(method: str, rank: int, **settings) -> fdl.Config:
+    """`method` (a `morejax.methods.REGISTRY` name) at the budget of a rank-`rank` LoRA;
+    `settings` (dropout, residual_dtype, ...) set the fields the method has."""
+    cls, kwargs = methods.at_budget(method, rank, **settings)
+    return fdl.Config(cls, **kwargs)
+
+
 REASONING_METHODS = ("lora", "pissa", "milora", "dora", "more", "more_minor")
 
 
 def reasoning_adapter(
     method: str, rank: int, dropout: float = 0.05, residual_dtype: str | None = None
 ) -> fdl.Config:
-    """One of REASONING_METHODS at the budget of a rank-`rank` LoRA (MoRe: nb4 and the same
-    rank, r·nb_eff·(p+s) ≈ r·(d_in+d_out) per matrix; DoRA adds its d_out magnitudes).
+    """One of REASONING_METHODS at the budget of a rank-`rank` LoRA (`adapter`).
 
-    LoRA and DoRA scale α = 2r (the LLM-Adapters / DoRA recipe), PiSSA and MiLoRA α = r (their
-    official code). `residual_dtype` keeps SVD residuals float32 under a bf16 base."""
-    if method == "lora":
-        return lora(rank, 2.0 * rank, dropout)
-    if method == "dora":
-        return dora(rank, 2.0 * rank, dropout)
-    if method in ("pissa", "milora"):
-        cfg = (pissa if method == "pissa" else milora)(rank, None, dropout)
-        cfg.residual_dtype = residual_dtype
-        return cfg
-    if method == "more":
-        return more(4, rank, dropout)
-    if method == "more_minor":
-        return more_minor(4, rank, dropout, residual_dtype)
-    raise ValueError(f"unknown method {method!r}; use one of {', '.join(REASONING_METHODS)}")
+    `residual_dtype` keeps SVD residuals float32 under a bf16 base."""
+    if method not in REASONING_METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(REASONING_METHODS)}")
+    return adapter(method, rank, dropout=dropout, residual_dtype=residual_dtype)
 
 
 # ----------------------------------------------------------------------------- tasks

@@ -28,7 +28,6 @@ epochs, schedule; this file's methods, targets and learning-rate grids): `--set 
 
 import fiddle as fdl
 
-import morejax
 from configs import common
 
 TASKS = ("cola", "sst2", "rte")
@@ -55,19 +54,9 @@ SEEDS = (0, 1, 2)
 
 def adapter(method: str) -> fdl.Config:
     """The method at the table's shared budget."""
-    if method == "full":
-        return fdl.Config(morejax.Full)
-    if method == "lora":
-        return fdl.Config(morejax.LoRA, rank=RANK, alpha=2.0 * RANK)
-    if method == "dora":
-        return fdl.Config(morejax.DoRA, rank=RANK, alpha=2.0 * RANK)
-    if method == "pissa":
-        return fdl.Config(morejax.PiSSA, rank=RANK)
-    if method == "milora":
-        return fdl.Config(morejax.MiLoRA, rank=RANK, dropout=0.0)
-    if method == "more":
-        return fdl.Config(morejax.MoRe, nblocks=4, rank=RANK)
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return common.adapter(method, RANK)
 
 
 def config(task: str = "cola", method: str = "more", recipe: str = "cpu"):

@@ -18,10 +18,7 @@ paper's ablation also holds the recipe fixed. Paper scale: `--set hidden=1024 --
 recipe=paper --set model.name=roberta-large --set model.checkpoint=/path`.
 """
 
-import fiddle as fdl
-
-import morejax
-from configs import glue_table_minilm
+from configs import common, glue_table_minilm
 
 SEEDS = (0, 1, 2)
 LR = {"more": 3e-3, "lora": 1.5e-3}
@@ -49,14 +46,11 @@ def settings(hidden: int = 384) -> list[dict]:
 
 def config(method: str = "more", nblocks: int = 4, rank: int = 4, recipe: str = "cpu"):
     cfg = glue_table_minilm.config("cola", method, recipe)
-    if method == "more":
-        cfg.adapter = fdl.Config(morejax.MoRe, nblocks=nblocks, rank=rank)
-        cfg.name = f"more-ablation-cola-more-nb{nblocks}-r{rank}"
-    elif method == "lora":
-        cfg.adapter = fdl.Config(morejax.LoRA, rank=rank, alpha=2.0 * rank)
-        cfg.name = f"more-ablation-cola-lora-r{rank}"
-    else:
+    if method not in LR:
         raise ValueError(f"method must be 'more' or 'lora', got {method!r}")
+    cfg.adapter = common.adapter(method, rank, nblocks=nblocks)
+    blocks = f"-nb{nblocks}" if method == "more" else ""
+    cfg.name = f"more-ablation-cola-{method}{blocks}-r{rank}"
     cfg.optimizer.learning_rate = LR[method]
     return cfg
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from morejax.methods import DoRA, Full, LoRA, MiLoRA, MoRe, PiSSA
+from morejax import methods
+from morejax.methods import DoRA, Full, LoRA, MiLoRA, MoRe, MoReMinor, PiSSA
 from morejax.methods.more import block_shapes
 from morejax.methods.svd import init_error, to_lora
 
@@ -271,3 +272,31 @@ def test_more_nblocks_above_d_in_is_rejected_at_init():
         MoRe(nblocks=8, rank=8).init(jax.random.key(0), kernel)
     params, _ = MoRe(nblocks=6, rank=6).init(jax.random.key(0), kernel)
     assert params["L"].shape == (6, 6, 1)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+@pytest.mark.parametrize("name", [n for n in methods.REGISTRY if n != "full"])
+def test_registry_budget_is_a_lora_of_the_same_rank(name):
+    """Every method at `at_budget(name, r)` trains r·(d_in + d_out) per kernel (DoRA: + d_out)."""
+    d_in, d_out, rank = 64, 48, 8
+    cls, kwargs = methods.at_budget(name, rank, dropout=0.1, residual_dtype="float32")
+    method = cls(**kwargs)
+    assert method.dropout == 0.1
+    assert getattr(method, "residual_dtype", "float32") == "float32"
+    kernel = jax.random.normal(jax.random.key(0), (d_in, d_out))
+    params, _ = method.init(jax.random.key(1), kernel)
+    count = sum(x.size for x in jax.tree.leaves(params))
+    assert count == rank * (d_in + d_out) + (d_out if cls is DoRA else 0)
+
+
+def test_registry_names_and_classes():
+    assert methods.at_budget("full", 8) == (Full, {})
+    assert methods.at_budget("more", 2, nblocks=8) == (MoRe, {"nblocks": 8, "rank": 2})
+    assert methods.at_budget("lora", 4, nblocks=8) == (LoRA, {"rank": 4, "alpha": 8.0})
+    with pytest.raises(ValueError, match="unknown method 'lroa'; use one of full, lora"):
+        methods.at_budget("lroa", 4)
+    assert {n: c.__name__ for n, c in methods.classes().items()} == {
+        c.__name__: c.__name__ for c in (DoRA, Full, LoRA, MiLoRA, MoRe, MoReMinor, PiSSA)
+    }

@@ -483,10 +483,9 @@ def _set(cfg, node, steps, value, path):
 
 def _factories() -> dict[str, Any]:
     """Callables a `--set` value may name, e.g. `adapter=LoRA(rank=8)`."""
-    import morejax
+    from morejax import methods
 
-    names = ("LoRA", "MoRe", "MoReMinor", "PiSSA", "MiLoRA", "DoRA", "Full")
-    out = {n: getattr(morejax, n) for n in names if hasattr(morejax, n)}
+    out = methods.classes()
     out.update(Model=Model, Data=Data, Optimizer=Optimizer, Mesh=Mesh)
     return out
 
