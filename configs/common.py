@@ -277,10 +277,9 @@ def milora_tables(
     cfg.data.generate_tokens = generate_tokens
     cfg.data.num_threads = 0
     cfg.data.pipeline = {"group_by_length": 20}  # batches of similar length: less padding
-    # Two learning rates x batch 16 x 192 tokens peaked at 23.5 GB of a 24 GB machine (one
-    # commonsense run was OOM-killed, 2026-12-04): two micro-batches halve the activations;
-    # the gradient sums are the same (dropout masks of the second half are drawn differently).
-    # At 288 tokens two micro-batches still peaked at 20.8 GB (math LoRA, 2026-12-05): four.
+    # Two learning rates x batch 16 do not fit a 24 GB machine's memory in one pass (nor in
+    # two past 192 tokens): micro-batches bound the activations with the same gradient sums
+    # (dropout masks of the later micro-batches are drawn differently).
     cfg.micro_batches = 4 if max_len > 192 else 2
     cfg.log_every = 10
     return cfg

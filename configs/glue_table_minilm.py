@@ -16,10 +16,8 @@ CPU sizing (2 shared cores, measured in `results/glue_small.md`): batch 32, Adam
 cosine with 6% warmup, dev score every steps/6 (best kept): CoLA 300 steps (1.1 epochs)
 and SST-2 300 steps (0.14 epochs) in packed rows of 64 tokens (random batches, as the main
 job), RTE 150 steps of batch 16 (1 epoch, length 128), length-grouped batches padded to a
-few bucket lengths. Measured on the 2 cores alone (2026-12-03): a CoLA cell (3 learning
-rates on seed 0 + 2 more seeds: 5 member-runs) takes ~7 min, an SST-2 cell ~9.5 min; the
-whole table (18 cells) is about 3.2 CPU-hours; `python experiments/glue_table.py --dry-run`
-prints the estimate. Other jobs on the cores stretch it several-fold.
+few bucket lengths. `python experiments/glue_table.py --dry-run` estimates how long the
+table takes.
 
 Paper scale (RoBERTa-large, the MoRe paper's per-task recipe: max length 128, its batch,
 epochs, schedule; this file's methods, targets and learning-rate grids): `--set recipe=paper
