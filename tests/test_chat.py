@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from morejax import cli
-from morejax.data import chat, pipeline, reasoning
+from morejax.data import chat, collate, reasoning
 from morejax.models import registry
 from morejax.train import config
 
@@ -138,7 +138,7 @@ def test_alpaca_rows_are_prompted_like_the_reasoning_sets(tmp_path):
     assert chat.examples(tmp_path / "a.json", None) == examples
     tokenizer = Tokenizer.from_file(str(model_folder(tmp_path) / "tokenizer.json"))
     got = chat.ChatCollator(tokenizer, max_len=128, eos_id=2)(list(examples))
-    want = pipeline.DecoderCollator(tokenizer, max_len=128, eos_id=2)(list(examples))
+    want = collate.DecoderCollator(tokenizer, max_len=128, eos_id=2)(list(examples))
     assert all(np.array_equal(got[k], want[k]) for k in want)
 
 

@@ -16,7 +16,7 @@ LEVELS = {
     "morejax.transform": 2,
     "morejax": 2.5,  # the public API: methods and the transform only
     "morejax.analysis": 2.5,  # what the methods can express (numpy, methods only)
-    "morejax.vocab": 2.75,  # special-token conventions shared by models and data
+    "morejax.vocab": 2.75,  # tokenizer conventions shared by models and data
     "morejax.models": 3,
     "morejax.data": 3,
     "morejax.interop": 3.5,  # Hugging Face formats: models + transform, below train

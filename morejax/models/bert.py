@@ -449,7 +449,7 @@ class BertForSequenceClassification(nn.Module):
         position_ids_BxL=None,
         cls_index_GxS=None,
     ):
-        """Packed rows (see `data.pipeline.PackedEncoderCollator`) give one output per
+        """Packed rows (see `data.packing.PackedEncoderCollator`) give one output per
         example, ``G * S`` of them, taken at ``cls_index_GxS`` within each group's rows."""
         x_BxLxD, _ = _encode(
             self,

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-__all__ = ["load_tokenizer", "pad_token_id", "encode_pairs"]
+from morejax.vocab import pad_token_id
 
-_PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>")
+__all__ = ["load_tokenizer", "pad_token_id", "encode_pairs"]
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -29,18 +29,6 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     tok.no_padding()
     tok.no_truncation()
     return tok
-
-
-def pad_token_id(tokenizer: Tokenizer) -> int:
-    """The id used to pad: the tokenizer's padding setting, else a conventional pad token."""
-    padding = tokenizer.padding
-    if padding is not None:
-        return int(padding["pad_id"])
-    for token in _PAD_TOKENS:
-        i = tokenizer.token_to_id(token)
-        if i is not None:
-            return int(i)
-    return 0
 
 
 def encode_pairs(

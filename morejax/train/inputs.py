@@ -50,12 +50,12 @@ class Head:
         return self.source[i]
 
     def __getitems__(self, indices):
-        from morejax.data import pipeline
+        from morejax.data.batching import read_many
 
         indices = [int(i) for i in indices]
         if any(not 0 <= i < self.n for i in indices):
             raise IndexError(f"an index of {indices} is out of range for {self.n} examples")
-        return pipeline.read_many(self.source, indices)
+        return read_many(self.source, indices)
 
 
 def load_split(data, split: str, limit: int | None, num_labels: int | None = None):
@@ -130,23 +130,25 @@ def batches(
     """Training: endless shuffled global batches (this process's rows), restorable.
     Evaluation: one ordered pass, the remainder padded with `valid=0` rows.
     `data.pack` packs encoder examples in `groups` groups (micro-batches x data shards)."""
-    from morejax.data import pipeline
+    from morejax.data import collate, packing, pipeline
 
     kw = dict(data.pipeline or {})
     if kind == "lm":
-        fn = pipeline.decoder_batches
+        collator = collate.DecoderCollator
         if data.kind == "chat":
             from morejax.data import chat
 
-            fn = chat.chat_batches
+            collator = chat.ChatCollator
     else:
-        fn = pipeline.encoder_batches
+        collator = collate.EncoderCollator
         kw.setdefault("num_labels", num_labels)
         if data.pack:
-            kw.setdefault("pack_groups", groups)
-    return fn(
+            collator = packing.PackedEncoderCollator
+            kw.setdefault("group_size", packing.group_size(batch_size, groups))
+    return pipeline.batches(
         source,
         tokenizer,
+        collator,
         batch_size=batch_size,
         max_len=data.max_len,
         buckets=data.buckets,
@@ -163,7 +165,7 @@ def train_batches(
     exp: Experiment, kind: str, source, tokenizer, seeds: list, vec: bool, groups: int = 1
 ):
     """The training stream: one iterator, or one per member stacked on a leading axis."""
-    from morejax.data import pipeline
+    from morejax.data.batching import StackedBatches
 
     def one(seed):
         return batches(
@@ -178,7 +180,7 @@ def train_batches(
             groups=groups,
         )
 
-    return pipeline.StackedBatches([one(x) for x in seeds]) if vec else one(seeds[0])
+    return StackedBatches([one(x) for x in seeds]) if vec else one(seeds[0])
 
 
 def eval_splits(data) -> tuple[str, ...]:
@@ -190,13 +192,13 @@ def truncation_warning(data, kind: str, source, tokenizer, split: str) -> str | 
     """Say how many examples of a split are longer than `data.max_len` (cut silently else)."""
     if kind == "lm" or tokenizer is None:
         return None
-    from morejax.data import pipeline
+    from morejax import vocab
 
-    raw = pipeline._unwrap(tokenizer)
+    raw = vocab.unwrap(tokenizer)
     n = min(len(source), 2000)
     rows = [source[i] for i in range(n)]
     texts = [r["text_a"] if r.get("text_b") is None else (r["text_a"], r["text_b"]) for r in rows]
-    lengths = [len(e.ids) for e in pipeline._own_tokenizer(raw).encode_batch(texts)]
+    lengths = [len(e.ids) for e in vocab.private_copy(raw).encode_batch(texts)]
     over = sum(x > data.max_len for x in lengths)
     if over / max(n, 1) <= 0.01:
         return None
