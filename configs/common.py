@@ -3,6 +3,8 @@
 Config files import these and override fields; nothing here is run directly.
 """
 
+import dataclasses
+
 import fiddle as fdl
 
 import morejax
@@ -105,14 +107,31 @@ def glue_data(task: str, **kw) -> fdl.Config:
     return fdl.Config(Data, kind="glue", task=task, local_dir=shared_dir("glue"), **kw)
 
 
-def _no_recipe():
-    from morejax.data import glue
+@dataclasses.dataclass(frozen=True)
+class GlueRecipe:
+    """The MoRe paper's GLUE hyperparameters (docs: methods.md, "MoRe GLUE recipe")."""
 
-    # WNLI has no paper recipe: RTE-like settings (another small entailment set).
-    return glue.Recipe(lr=5.4e-4, batch_size=16, epochs=20, schedule="cosine")
+    lr: float
+    batch_size: int
+    epochs: int
+    schedule: str  # 'cosine' | 'linear'
+    max_length: int = 128
+    weight_decay: float = 0.001
+    warmup_ratio: float = 0.06
 
 
-NO_RECIPE = _no_recipe()
+GLUE_RECIPES = {
+    "cola": GlueRecipe(2.1e-4, 16, 20, "cosine"),
+    "sst2": GlueRecipe(5.4e-4, 16, 10, "cosine"),
+    "mrpc": GlueRecipe(3.2e-4, 32, 20, "cosine"),
+    "qqp": GlueRecipe(6.2e-4, 32, 20, "cosine"),
+    "stsb": GlueRecipe(4e-4, 32, 20, "cosine"),
+    "mnli": GlueRecipe(2e-4, 32, 10, "linear"),
+    "qnli": GlueRecipe(3e-4, 32, 10, "cosine"),
+    "rte": GlueRecipe(5.4e-4, 16, 20, "cosine"),
+}
+# WNLI has no paper recipe: RTE-like settings (another small entailment set).
+NO_RECIPE = GlueRecipe(lr=5.4e-4, batch_size=16, epochs=20, schedule="cosine")
 
 
 def glue_recipe(task: str, model: fdl.Config | None = None) -> fdl.Config:
@@ -121,7 +140,7 @@ def glue_recipe(task: str, model: fdl.Config | None = None) -> fdl.Config:
     from morejax.data import glue
 
     spec = glue.spec(task)
-    r = spec.recipe or NO_RECIPE
+    r = GLUE_RECIPES.get(spec.name, NO_RECIPE)
     return fdl.Config(
         Experiment,
         name=f"glue-{spec.name}-more",
@@ -149,7 +168,7 @@ def glue_task_overrides(task: str) -> dict:
     from morejax.data import glue
 
     spec = glue.spec(task)
-    r = spec.recipe or NO_RECIPE
+    r = GLUE_RECIPES.get(spec.name, NO_RECIPE)
     return {
         "data.task": spec.name,
         "optimizer.learning_rate": r.lr,

@@ -3,7 +3,7 @@
 #     --set model.checkpoint=/path/to/roberta-large --workdir runs/glue_more_roberta_large
 """The MoRe paper's GLUE setting: RoBERTa-large, MoRe nb4 r4 on q,k,v (589,824 adapter
 params; the classifier head trains too and is counted separately). The task's recipe
-(lr, batch, epochs, schedule) comes from morejax.data.glue; `sweep()` covers the 8 tasks."""
+(lr, batch, epochs, schedule) comes from `common.GLUE_RECIPES`; `sweep()` covers the 8 tasks."""
 
 from configs import common
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from morejax.data import glue
+from morejax.data import glue, glue_tasks
 
 # label id -> the word that decides it
 MARKERS: dict[str, tuple[str, ...]] = {
@@ -127,7 +127,7 @@ def _write_split(task: str, d: Path, fname: str, exs: list[dict], test: bool) ->
             rows = [r + [y] * len(votes) + [y] for r, y in zip(rows, lab)]
         _write(d / fname, head, rows)
     else:  # qnli, rte, wnli: index, two texts, label
-        head = ["index", *glue._config(s).text_features.values()]
+        head = ["index", *glue_tasks.tfds_config(s).text_features.values()]
         rows = [[i, e["a"], e["b"]] for i, e in enumerate(exs)]
         if not test:
             head, rows = head + ["label"], [r + [y] for r, y in zip(rows, lab)]

@@ -11,7 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 from glue_fixtures import FILLER, MARKERS, markers, write_glue_task
 
-from morejax.data import glue
+from morejax.data import folders, glue, glue_local, glue_prepare, glue_tasks
+from morejax.train import config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 N = 20  # rows per split copied from the real TSVs
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv", "test": "test.tsv"}
@@ -58,7 +61,7 @@ def _no_glue_dir(monkeypatch):
 
 def test_task_table_matches_the_tfds_builder(tmp_path):
     """Text keys, label names, split names and file names agree with TFDS's GLUE."""
-    configs = {c.name: c for c in glue._tfds()[1].Glue.BUILDER_CONFIGS}
+    configs = {c.name: c for c in glue_tasks.tfds_modules()[1].Glue.BUILDER_CONFIGS}
     mrpc = {"train": "a", "test": "b", "dev_ids": "c"}
     assert list(glue.TASKS) == [
         "cola",
@@ -77,8 +80,8 @@ def test_task_table_matches_the_tfds_builder(tmp_path):
         assert s.text_keys == tuple(cfg.text_features)
         assert s.label_names == (tuple(cfg.label_classes) if cfg.label_classes else None)
         assert s.num_labels == (len(cfg.label_classes) if cfg.label_classes else 1)
-        builder = glue._local_builder_cls()(
-            local_downloads=glue._LocalDownloads("/root-of-glue", mrpc),
+        builder = glue_prepare._local_builder_cls()(
+            local_downloads=glue_prepare._LocalDownloads("/root-of-glue", mrpc),
             config=name,
             data_dir=os.fspath(tmp_path),
         )
@@ -94,12 +97,14 @@ def test_task_table_matches_the_tfds_builder(tmp_path):
 
 
 def test_recipes_and_metrics():
-    cola, mnli = glue.spec("CoLA").recipe, glue.spec("mnli").recipe
+    # configs/common.py holds the recipes; a config that uses them puts configs/ on the path.
+    common = config.load_module(ROOT / "configs" / "glue_more_roberta_large.py").common
+    cola, mnli = common.GLUE_RECIPES["cola"], common.GLUE_RECIPES["mnli"]
     assert (cola.lr, cola.batch_size, cola.epochs, cola.schedule) == (2.1e-4, 16, 20, "cosine")
     assert (mnli.lr, mnli.batch_size, mnli.epochs, mnli.schedule) == (2e-4, 32, 10, "linear")
-    assert glue.spec("sst2").recipe.lr == 5.4e-4 and glue.spec("qqp").recipe.lr == 6.2e-4
+    assert common.GLUE_RECIPES["sst2"].lr == 5.4e-4 and common.GLUE_RECIPES["qqp"].lr == 6.2e-4
     assert cola.max_length == 128 and cola.weight_decay == 0.001 and cola.warmup_ratio == 0.06
-    assert glue.spec("wnli").recipe is None  # the paper gives no WNLI recipe
+    assert "wnli" not in common.GLUE_RECIPES  # the paper gives no WNLI recipe
     assert glue.spec("cola").metrics == ("mcc",) and glue.spec("STS-B").is_regression
     assert glue.spec("mrpc").main_metric == "mean(f1,accuracy)"
     assert glue.spec("mnli").validation_splits == ("validation_matched", "validation_mismatched")
@@ -438,7 +443,7 @@ def test_failed_preparation_keeps_the_old_data(tmp_path, monkeypatch, capsys):
     def broken(self, url):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(glue._LocalDownloads, "download_and_extract", broken)
+    monkeypatch.setattr(glue_prepare._LocalDownloads, "download_and_extract", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         glue.prepare("rte", data_dir=data_dir, local_dir=big)
     assert _sizes("rte", data_dir) == [8, 4, 2]
@@ -453,12 +458,12 @@ def test_failed_preparation_keeps_the_old_data(tmp_path, monkeypatch, capsys):
 
 def test_fingerprint_hashes_each_file_version_once(tmp_path, monkeypatch):
     root = write_glue_task(tmp_path, "cola")
-    first = glue._fingerprint(glue.spec("cola"), root / "CoLA")
-    monkeypatch.setattr(glue.folders.hashlib, "sha256", None)  # cached: not called again
-    assert glue._fingerprint(glue.spec("cola"), root / "CoLA") == first
+    first = glue_local.source_fingerprint(glue.spec("cola"), root / "CoLA")
+    monkeypatch.setattr(folders.hashlib, "sha256", None)  # cached: not called again
+    assert glue_local.source_fingerprint(glue.spec("cola"), root / "CoLA") == first
     monkeypatch.undo()
     (root / "CoLA" / "dev.tsv").write_text("gj04\t1\t\tan other sentence.\n", encoding="utf-8")
-    again = glue._fingerprint(glue.spec("cola"), root / "CoLA")
+    again = glue_local.source_fingerprint(glue.spec("cola"), root / "CoLA")
     assert again["dev.tsv"] != first["dev.tsv"] and again["train.tsv"] == first["train.tsv"]
 
 
