@@ -28,15 +28,16 @@ from benchmarks import write_section  # noqa: E402
 from morejax.data import pipeline  # noqa: E402
 from morejax.train import compile_cache, config  # noqa: E402
 from morejax.train import loop as train_loop  # noqa: E402
+from morejax.train import setup as setup_lib  # noqa: E402
 from morejax.train.mesh import to_global  # noqa: E402
 from morejax.train.step import batch_spec  # noqa: E402
 
 MAIN_JOB = ROOT / "configs" / "glue_more_minilm.py"
 
 
-def loop_tokens_per_s(exp, workdir: Path) -> float:
+def loop_tokens_per_s(exp, workdir: Path, adapted) -> float:
     """Median real tokens/s over the loop's logged windows, the first (compiling) left out."""
-    train_loop.train(exp, workdir, progress=False)
+    train_loop.train(exp, workdir, progress=False, adapted=adapted)
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     return statistics.median(rates[1:] or rates)
@@ -59,8 +60,10 @@ def main(argv=None) -> int:
     exp = config.build(cfg)
 
     with tempfile.TemporaryDirectory() as tmp:
-        loop_rate = loop_tokens_per_s(exp, Path(tmp) / "run")
-        s = train_loop.setup(exp)
+        adapted = setup_lib.load_adapted(exp)  # the model is read once, for both runs
+        loop_rate = loop_tokens_per_s(exp, Path(tmp) / "run", adapted)
+        # That run's steps donated its adapters: the bare run draws its own.
+        s = setup_lib.setup(exp, setup_lib.load_adapted(exp, adapted.loaded))
         stream, steps = train_loop.training_data(exp, s)
         run = train_loop.start_run(exp, s, steps, Path(tmp) / "bare", {})
         run.ckpt.close()  # the bare run saves nothing; its writers close before tmp goes

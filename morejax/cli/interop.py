@@ -85,25 +85,6 @@ def _members(exp):
     return (vec[0], True) if vec else ([exp.seed], False)
 
 
-def _model_and_adapters(exp):
-    """(loaded, per-member params, frozen base, per-member step-0 adapters), as setup builds
-    them but without the mesh, the evaluation data or the step-0 check."""
-    import jax.numpy as jnp
-
-    import morejax
-    from morejax.train.model import kernel_layout, load_model
-    from morejax.train.setup import adapt_members, with_fresh_head
-
-    seeds, _ = _members(exp)
-    loaded = load_model(exp.model, seed=seeds[0])
-    if exp.base_dtype != "float32":
-        loaded.params = morejax.cast(loaded.params, jnp.dtype(exp.base_dtype))
-    layout = kernel_layout(loaded.model, loaded.family, loaded.params)
-    member_params = [with_fresh_head(loaded, seed) for seed in seeds]
-    base, adapted = adapt_members(exp, member_params, seeds, layout)
-    return loaded, member_params, base, adapted
-
-
 # ----------------------------------------------------------------------------- export
 
 
@@ -113,6 +94,7 @@ def cmd_export(args) -> int:
     from morejax import interop
     from morejax.train import checkpoints, config
     from morejax.train.evaluate import metric_of
+    from morejax.train.setup import load_adapted, stack_members
 
     cfg = eval_config(args)  # the run as it was trained: its saved config by default
     exp = config.build(cfg)
@@ -131,8 +113,8 @@ def cmd_export(args) -> int:
             "MoRe has no PEFT equivalent: export it with --format more (its own adapter "
             "file) or --format merged (full Hugging Face weights)"
         )
-    loaded, member_params, base, adapted = _model_and_adapters(exp)
-    template = adapted[0] if not vec else jax.tree.map(lambda *xs: jax.numpy.stack(xs), *adapted)
+    a = load_adapted(exp)
+    template = stack_members(a.adapters, a.n_members)
     metric, mode = metric_of(exp)
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", metric=metric, mode=mode)
     try:
@@ -143,8 +125,7 @@ def cmd_export(args) -> int:
     if vec:
         adapters = jax.tree.map(lambda x: x[member], adapters)
 
-    model_config = loaded.model.config
-    model_dir = _model_dir(exp.model)
+    base, model_config, model_dir = a.base, a.loaded.model.config, _model_dir(exp.model)
     base_name = args.base_model or _base_name(exp.model)
     if exp.model.pretrained and model_dir is None and args.format != "merged":
         interop.warn_quantized(exp.model.checkpoint or exp.model.name)
@@ -156,7 +137,7 @@ def cmd_export(args) -> int:
             out,
             base_model_name_or_path=base_name,
             svd_mode=args.svd_mode,
-            initial=adapted[member],
+            initial=a.adapters[member],
             write_base=not exp.model.pretrained,
             tokenizer_from=model_dir,
         )
@@ -265,7 +246,7 @@ def cmd_import(args) -> int:
     from morejax.train.logger import say
     from morejax.train.mesh import make_mesh, replicated
     from morejax.train.optim import make_optimizer
-    from morejax.train.setup import Setup
+    from morejax.train.setup import Setup, load_adapted
     from morejax.transform import Adapter
 
     cfg = load(args)
@@ -287,8 +268,8 @@ def cmd_import(args) -> int:
             "(morejax MoRe export): point at the adapter folder"
         )
     # The model and the config's adapters first (no data): a misfit fails in seconds.
-    loaded, _, base, adapted = _model_and_adapters(exp)
-    template = adapted[0]
+    a = load_adapted(exp)
+    loaded, base, template = a.loaded, a.base, a.adapters[0]
     like = unflatten(interop.plain_params(base, template))
     model_config = loaded.model.config
     imported = read(folder, model_config, like)

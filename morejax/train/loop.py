@@ -30,7 +30,7 @@ from morejax.train.inputs import batch_keys, load_split, train_batches, truncati
 from morejax.train.logger import Logger, fmt, say
 from morejax.train.mesh import replicated, to_global
 from morejax.train.optim import make_optimizer, schedule_shape
-from morejax.train.setup import Setup, seed_keys, setup
+from morejax.train.setup import Adapted, Setup, seed_keys, setup
 from morejax.train.step import (
     batch_spec,
     compile_eval_step,
@@ -48,18 +48,20 @@ def train(
     stop_at: int | None = None,
     progress: bool = True,
     allow_config_change: bool = False,
+    adapted: Adapted | None = None,
 ) -> dict:
     """Train (resuming from the workdir's latest checkpoint), evaluate, keep best + latest.
 
     `stop_at` ends the run after that step with a checkpoint, as a preemption would.
     Resuming with another config than the checkpoint's is an error naming the changed
     fields, unless `allow_config_change` (the new learning rate then applies).
+    `adapted` (`setup.load_adapted`) is the model already loaded, with fresh adapters.
     Returns a summary (also written to `results.json` once the run is complete).
     """
     t_start = time.time()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    s = setup(exp)
+    s = setup(exp, adapted)
     describe(exp, s)
     stream, steps = training_data(exp, s)
     run = start_run(exp, s, steps, workdir, resolved or {})

@@ -153,17 +153,48 @@ def init_error(forward, model, family: str, reference, base, adapters, batch) ->
     return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
 
 
-def setup(exp: Experiment) -> Setup:
+@dataclasses.dataclass
+class Adapted:
+    """A run's model as loaded and its adapters as drawn, before any mesh or data."""
+
+    loaded: Loaded  # params in `base_dtype`
+    member_params: list  # per member: the params with its fresh head
+    base: Any  # the frozen base the members share
+    adapters: list  # per member: its initial adapters
+    seeds: list
+    lrs: list
+    n_members: int | None
+
+
+def load_adapted(exp: Experiment, loaded: Loaded | None = None) -> Adapted:
+    """The run's model and each member's fresh head and initial adapters, as `setup` builds
+    them: what `morejax export` / `import` need without the mesh or the evaluation data.
+
+    `loaded` (its params already in `base_dtype`) draws new adapters on a model without
+    reading its weights again. In a multi-host job, call it after
+    `distributed.initialize_from_env` (`setup` does).
+    """
+    seeds, lrs, n = run_members(exp)
+    if loaded is None:
+        loaded = load_model(exp.model, seed=seeds[0])
+        loaded.params = in_base_dtype(exp, loaded.params)
+    layout = kernel_layout(loaded.model, loaded.family, loaded.params)
+    member_params = [with_fresh_head(loaded, seed) for seed in seeds]
+    base, adapters = adapt_members(exp, member_params, seeds, layout)
+    return Adapted(loaded, member_params, base, adapters, seeds, lrs, n)
+
+
+def setup(exp: Experiment, adapted: Adapted | None = None) -> Setup:
+    """The run's mesh, model, base, adapters and evaluation data; `adapted` (from
+    `load_adapted`, left as it is) saves loading the model again. Its adapters become the
+    run's state, which a train step donates: draw new ones for another run."""
     distributed.initialize_from_env()
     mesh = make_mesh(exp.mesh)
     kind = task_kind(exp)
-    seeds, lrs, n = run_members(exp)
-    loaded = load_model(exp.model, seed=seeds[0])
-    loaded.params = in_base_dtype(exp, loaded.params)
-    layout = kernel_layout(loaded.model, loaded.family, loaded.params)
-    member_params = [with_fresh_head(loaded, seed) for seed in seeds]
-    base, adapted = adapt_members(exp, member_params, seeds, layout)
-    adapters = stack_members(adapted, n)
+    a = adapted if adapted is not None else load_adapted(exp)
+    seeds, lrs, n = a.seeds, a.lrs, a.n_members
+    loaded, member_params, base = a.loaded, a.member_params, a.base
+    adapters = stack_members(a.adapters, n)
 
     # The evaluation split(s) as global device arrays, built once.
     granule = math.lcm(mesh.shape["data"], jax.process_count())
@@ -196,10 +227,10 @@ def setup(exp: Experiment) -> Setup:
         first = next(iter(dev.values()))[0]
         forward = make_forward(loaded.model, loaded.family)
         error = init_error(
-            forward, loaded.model, loaded.family, member_params[0], base, adapted[0], first
+            forward, loaded.model, loaded.family, member_params[0], base, a.adapters[0], first
         )
-    del member_params
-    loaded.params = None
+    del member_params, a
+    loaded = dataclasses.replace(loaded, params=None)
     base = distributed.put(base, base_sharding(mesh, base))
     return Setup(mesh, kind, loaded, base, adapters, seeds, lrs, n, dev, error, overlaps)
 
