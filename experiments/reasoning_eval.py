@@ -12,6 +12,8 @@ Smoke run (CI): `--limit 2 --max-new-tokens 2` on one set.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
 import time
 
 from morejax.data import reasoning
@@ -23,7 +25,9 @@ def restore(config_path: str, workdir: str, overrides=(), which: str = "best"):
     from morejax.train import config, evaluate
 
     exp = config.build(config.load(config_path, overrides))
-    s, step, adapters, _ = evaluate.restore_checkpoint(exp, workdir, which)
+    # Setup's log lines (test overlap, warnings) go to stderr: stdout is the Markdown report.
+    with contextlib.redirect_stdout(sys.stderr):
+        s, step, adapters, _ = evaluate.restore_checkpoint(exp, workdir, which)
     return exp, (s.loaded.model, None, s.loaded.tokenizer), s.base, adapters, step
 
 

@@ -1,6 +1,10 @@
 """morejax: parameter-efficient fine-tuning as pure functions over Flax parameter pytrees."""
 
-from morejax import paths, subspace
+from morejax import (
+    _platforms,  # noqa: F401  (first: it picks JAX's backends before one starts)
+    paths,
+    subspace,
+)
 from morejax.methods import DoRA, Full, LoRA, MiLoRA, MoRe, MoReMinor, PiSSA
 from morejax.transform import (
     ALL_LINEAR,

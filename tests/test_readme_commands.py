@@ -25,6 +25,10 @@ MIRROR = {
     "morejax plan configs/commonsense_more_llama7b.py --topology v5e-8 --mesh data=1,model=8": (
         "tests/test_plan.py::test_a_config_that_does_not_fit_says_so_and_names_a_setting_that_does"
     ),  # a 7B compile takes minutes; results/tpu_plan.md has its output
+    "morejax train configs/glue_more_minilm.py --set mesh.sharding=fsdp --workdir runs/fsdp": RUN,
+    "morejax sweep CONFIG --collect": (
+        "tests/test_sweep_shards.py::test_shards_cover_every_point_once_and_collect_equals_one_run"
+    ),
     "morejax sweep configs/glue_more_minilm.py [--vectorize]": (
         "tests/test_sweep.py::test_vectorised_sweep_equals_separate_runs"
     ),

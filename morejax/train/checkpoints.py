@@ -233,7 +233,13 @@ def probe_writable(directory: str | Path, need_bytes: int = 0) -> None:
 
 
 def nbytes(tree) -> int:
-    return int(sum(getattr(x, "nbytes", np.asarray(x).nbytes) for x in jax.tree.leaves(tree)))
+    """Bytes of the leaves, without fetching them (a leaf split over processes cannot be)."""
+    return int(
+        sum(
+            x.nbytes if hasattr(x, "nbytes") else np.asarray(x).nbytes
+            for x in jax.tree.leaves(tree)
+        )
+    )
 
 
 class Checkpoints:

@@ -150,10 +150,14 @@ class Optimizer:
 
 @dataclasses.dataclass
 class Mesh:
-    """Device mesh: `data` (-1 = all remaining devices) x `model` (shards the frozen base)."""
+    """Device mesh: `data` (-1 = all remaining devices) x `model` (shards the frozen base).
+
+    `sharding` splits the frozen base and the train state: `largest`, `fsdp`, `megatron`, or
+    `auto` (the measured best for the mesh's shape; `morejax.train.mesh`)."""
 
     data: int = -1
     model: int = 1
+    sharding: str = "auto"
 
 
 @dataclasses.dataclass
@@ -907,6 +911,7 @@ NEUTRAL_DEFAULTS = {
     "data.chat_template": None,
     "data.exact_match": False,
     "data.answer_regex": None,
+    "mesh.sharding": "auto",
 }
 
 

@@ -13,7 +13,7 @@ from morejax.train import checkpoints, distributed
 from morejax.train.config import Experiment
 from morejax.train.inputs import task_kind
 from morejax.train.logger import say
-from morejax.train.mesh import gather, replicated
+from morejax.train.mesh import gather, state_sharding
 from morejax.train.setup import setup
 from morejax.train.step import compile_eval_step, make_forward
 
@@ -148,7 +148,7 @@ def restore_checkpoint(exp: Experiment, workdir: str | Path, which: str = "best"
     ckpt = checkpoints.Checkpoints(directory, metric=metric, mode=mode)
     try:
         step = ckpt.resolve(which)
-        like = distributed.put(s.adapters, replicated(s.mesh, s.adapters))
+        like = distributed.put(s.adapters, state_sharding(s.mesh, s.adapters, s.sharding))
         adapters = ckpt.restore_adapters(step, like)
     finally:
         ckpt.close()

@@ -28,7 +28,7 @@ from morejax.train.config import Experiment
 from morejax.train.evaluate import evaluate, metric_of
 from morejax.train.inputs import batch_keys, load_split, train_batches, truncation_warning
 from morejax.train.logger import Logger, fmt, say
-from morejax.train.mesh import replicated, to_global
+from morejax.train.mesh import state_sharding, to_global
 from morejax.train.optim import make_optimizer, schedule_shape
 from morejax.train.setup import Adapted, Setup, seed_keys, setup
 from morejax.train.step import (
@@ -169,7 +169,7 @@ def start_run(exp: Experiment, s: Setup, steps: int, workdir: Path, resolved: di
     vec = s.n_members is not None
     tx, shape = optimizer(exp, steps, one_member(s)(s.adapters))
     state, keys = initial_state(exp, tx, s.adapters, s.seeds, s.lrs, vec)
-    state = distributed.put(state, replicated(s.mesh, state))
+    state = distributed.put(state, state_sharding(s.mesh, state, s.sharding))
     forward, member_step = member_step_of(exp, s.kind, s.loaded.model, s.loaded.family, tx, shape)
     metric, mode = metric_of(exp)
     ckpt = checkpoints.Checkpoints(workdir / "checkpoints", metric=metric, mode=mode)
@@ -179,7 +179,7 @@ def start_run(exp: Experiment, s: Setup, steps: int, workdir: Path, resolved: di
         steps=steps,
         state=state,
         keys=keys,
-        train_step=compile_train_step(member_step, s.mesh, state, s.base, vec),
+        train_step=compile_train_step(member_step, s.mesh, state, s.base, vec, s.sharding),
         eval_step=compile_eval_step(forward, s.kind, vec),
         ckpt=ckpt,
         logger=Logger(workdir),

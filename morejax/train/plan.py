@@ -20,6 +20,7 @@ import re
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,8 @@ from morejax.train.loop import (
     optimizer,
     total_steps,
 )
-from morejax.train.mesh import base_sharding, make_mesh, replicated
-from morejax.train.setup import Shapes, shapes
+from morejax.train.mesh import base_sharding, make_mesh, resolve_sharding, state_sharding
+from morejax.train.setup import Shapes, shapes, sharding_of
 from morejax.train.step import compile_eval_step, compile_train_step, make_forward
 
 GiB = 2**30
@@ -179,7 +180,7 @@ class Program:
     name: str
     compile_s: float
     fits: bool
-    peak_bytes: float  # arguments + outputs - aliased + temporaries + code (or what OOM said)
+    peak_bytes: float  # arguments + outputs - aliased + temporaries (or what OOM said)
     argument_bytes: float = 0.0
     temp_bytes: float = 0.0
     output_bytes: float = 0.0
@@ -211,14 +212,16 @@ def compile_program(name: str, lowered_fn, groups: dict) -> Program:
     """Compile a lowered program; an out-of-memory refusal is a result, not an error."""
     t0 = time.time()
     lowered = lowered_fn()
-    try:
-        compiled = lowered.compile()
-    except Exception as e:
-        found = out_of_memory(e)
-        if found is None:
-            raise
-        return Program(name, time.time() - t0, False, found[0], note="the compiler refused it")
-    seconds = time.time() - t0
+    with tempfile.TemporaryDirectory() as dump:
+        try:
+            compiled = lowered.compile(compiler_options=dump_options(dump))
+        except Exception as e:
+            found = out_of_memory(e)
+            if found is None:
+                raise
+            return Program(name, time.time() - t0, False, found[0], note="the compiler refused it")
+        seconds = time.time() - t0
+        collectives = collective_bytes(before_collective_fusion(dump) or compiled.as_text())
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -231,12 +234,12 @@ def compile_program(name: str, lowered_fn, groups: dict) -> Program:
         n = len(jax.tree.leaves(tree))
         arguments[group] = per_chip_bytes(tree, flat_args[i : i + n])
         i += n
+    # As the compiler counts against the HBM it allows (the program's code is not in it).
     peak = (
         mem.argument_size_in_bytes
         + mem.output_size_in_bytes
         - mem.alias_size_in_bytes
         + mem.temp_size_in_bytes
-        + mem.generated_code_size_in_bytes
     )
     return Program(
         name,
@@ -250,8 +253,23 @@ def compile_program(name: str, lowered_fn, groups: dict) -> Program:
         arguments,
         float(cost.get("flops", 0.0)),
         float(cost.get("bytes accessed", 0.0)),
-        collective_bytes(compiled.as_text()),
+        collectives,
     )
+
+
+# The TPU compiler then splits each collective over the computations it overlaps with (every
+# piece printed as the whole gather), so collectives are counted in the HLO just before.
+FUSION_PASS = "async-collective-fusion"
+
+
+def dump_options(folder: str) -> dict:
+    return {"xla_dump_to": folder, "xla_dump_hlo_pass_re": FUSION_PASS}
+
+
+def before_collective_fusion(folder: str) -> str | None:
+    """The program's HLO as it was before the collective fusion pass (None: no such pass)."""
+    found = sorted(Path(folder).glob(f"*before_{FUSION_PASS}.txt"))
+    return found[0].read_text() if found else None
 
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
@@ -260,8 +278,8 @@ _ARRAY = re.compile(r"\b(pred|[subf]\d+|bf16|f8e\w+)\[([\d,]*)\]")
 
 
 def collective_bytes(hlo: str) -> dict:
-    """Bytes each kind of collective produces per chip in the compiled HLO text (a loop body
-    counted once). An async `-start` returns (operands, results, ...): its results count."""
+    """Bytes each kind of collective produces per chip in HLO text (a loop body counted
+    once). An async `-start` returns (operands, results, ...): its results count."""
     out = dict.fromkeys(COLLECTIVES, 0.0)
     for line in hlo.splitlines():
         m = _OP.search(line)
@@ -303,14 +321,14 @@ def batch_shapes(exp: Experiment, kind: str, rows: tuple) -> dict:
     return out
 
 
-def train_program(exp: Experiment, sh: Shapes, mesh, steps: int) -> Program:
+def train_program(exp: Experiment, sh: Shapes, mesh, sharding: str, steps: int) -> Program:
     vec = sh.n_members is not None
     tx, shape = optimizer(exp, steps, sh.member)
     state, keys = jax.eval_shape(
         lambda a: initial_state(exp, tx, a, sh.seeds, sh.lrs, vec), sh.adapters
     )
     _, member_step = member_step_of(exp, sh.kind, sh.model, sh.family, tx, shape)
-    step = compile_train_step(member_step, mesh, state, sh.base, vec)
+    step = compile_train_step(member_step, mesh, state, sh.base, vec, sharding)
     batch = train_batch(exp, sh.kind, sh.n_members)
     groups = {
         "adapters": state["adapters"],
@@ -321,27 +339,27 @@ def train_program(exp: Experiment, sh: Shapes, mesh, steps: int) -> Program:
     return compile_program("train", lambda: step.lower(state, keys, sh.base, batch), groups)
 
 
-def eval_program(exp: Experiment, sh: Shapes, mesh) -> Program:
+def eval_program(exp: Experiment, sh: Shapes, mesh, sharding: str) -> Program:
     vec = sh.n_members is not None
     step = compile_eval_step(make_forward(sh.model, sh.family), sh.kind, vec)
     rows = math.ceil(exp.data.eval_batch_size / mesh.shape["data"]) * mesh.shape["data"]
     batch = batch_shapes(exp, sh.kind, (rows,))
-    adapters = placed(sh.adapters, replicated(mesh, sh.adapters))
-    base = placed(sh.base, base_sharding(mesh, sh.base))
+    adapters = placed(sh.adapters, state_sharding(mesh, sh.adapters, sharding))
+    base = placed(sh.base, base_sharding(mesh, sh.base, sharding))
     batch = placed(batch, jax.tree.map(lambda _: NamedSharding(mesh, P("data")), batch))
     groups = {"adapters": adapters, "base": base, "batch": batch}
     return compile_program("eval", lambda: step.lower(adapters, base, batch), groups)
 
 
-def generate_program(exp: Experiment, sh: Shapes, mesh) -> Program:
+def generate_program(exp: Experiment, sh: Shapes, mesh, sharding: str) -> Program:
     """Greedy generation as evaluation runs it: one member, `eval_batch_size` prompts of
     `data.max_len` tokens, `data.generate_tokens` new ones."""
     from morejax.models import generate
 
     rep = NamedSharding(mesh, P())
     params = {
-        "base": placed(sh.base, base_sharding(mesh, sh.base)),
-        "adapters": placed(sh.member, replicated(mesh, sh.member)),
+        "base": placed(sh.base, base_sharding(mesh, sh.base, sharding)),
+        "adapters": placed(sh.member, state_sharding(mesh, sh.member, sharding)),
     }
     rows, length = exp.data.eval_batch_size, exp.data.max_len
     ids = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=rep)
@@ -367,7 +385,7 @@ def generate_program(exp: Experiment, sh: Shapes, mesh) -> Program:
             greedy=True,
         )
 
-    groups = {"base": params["base"], "adapters": params["adapters"], "batch": (ids, ids)}
+    groups = {"adapters": params["adapters"], "base": params["base"], "batch": (ids, ids)}
     return compile_program("generate", lower, {**groups, "other": scalars})
 
 
@@ -501,13 +519,14 @@ class Plan:
     device_kind: str
     chips: int
     mesh: dict
+    sharding: str
     hbm_bytes: float  # per chip, the compiler's limit
     chip_facts: dict
     programs: list
     fits: bool
     speed: Speed | None
     steps_from: str
-    load_bytes: float  # the whole model as `setup` loads it onto one chip, before sharding
+    load_bytes: float  # the whole model in base_dtype: `setup` holds it on one chip first
     searched: list = dataclasses.field(default_factory=list)
     suggestion: Candidate | None = None
 
@@ -538,7 +557,7 @@ def plan(
     devices = topology_devices(topo)
     hbm = usable_hbm(topo) or chip.hbm_bytes
     steps, steps_from = run_steps(exp, examples)
-    sh, mesh, compiled = compile_all(exp, devices, steps, programs, say, topo)
+    sh, mesh, sharding, compiled = compile_all(exp, devices, steps, programs, say, topo)
     fits = all(p.fits and p.peak_bytes <= hbm for p in compiled)
     train = next((p for p in compiled if p.name == "train"), None)
     fast = (
@@ -551,13 +570,14 @@ def plan(
         devices[0].device_kind,
         len(devices),
         dict(mesh.shape),
+        sharding,
         hbm,
         dataclasses.asdict(chip),
         compiled,
         fits,
         fast,
         steps_from,
-        float(sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(sh.params))),
+        model_bytes(sh.params, exp.base_dtype),
     )
     if not fits and search > 0:
         out.searched = search_fits(exp, devices, chip, hbm, steps, search, say, topo)
@@ -567,10 +587,23 @@ def plan(
     return out
 
 
+def model_bytes(params, base_dtype: str) -> float:
+    """The model's bytes with its floating leaves in `base_dtype`."""
+    itemsize = jnp.dtype(base_dtype).itemsize
+    return float(
+        sum(
+            x.size * (itemsize if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype.itemsize)
+            for x in jax.tree.leaves(params)
+        )
+    )
+
+
 def compile_all(exp, devices, steps, programs, say, topo):
     mesh = make_mesh(exp.mesh, devices)
     check_batch_split(exp, mesh.shape["data"])
     sh = shapes(exp)
+    base = float(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(sh.base)))
+    sharding = resolve_sharding(sharding_of(exp), mesh, base, usable_hbm(topo))
     out = []
     for name in programs:
         if name == "generate" and not (
@@ -579,31 +612,37 @@ def compile_all(exp, devices, steps, programs, say, topo):
             continue
         say(f"compiling {name} for {topo} ...")
         if name == "train":
-            out.append(train_program(exp, sh, mesh, steps))
+            out.append(train_program(exp, sh, mesh, sharding, steps))
         elif name == "eval":
-            out.append(eval_program(exp, sh, mesh))
+            out.append(eval_program(exp, sh, mesh, sharding))
         elif name == "generate":
-            out.append(generate_program(exp, sh, mesh))
+            out.append(generate_program(exp, sh, mesh, sharding))
         else:
             program = init_program(sh, devices[0])
             if program is not None:
                 out.append(program)
-    return sh, mesh, out
+    return sh, mesh, sharding, out
 
 
 def variants(exp: Experiment, chips: int) -> list[list[tuple[str, Experiment]]]:
     """Settings that need less memory per chip, by kind, each kind's least costly first:
-    the base over more chips, more micro-batches, rematerialisation, half the batch."""
+    another sharding of the same mesh, the base over more chips, more micro-batches,
+    rematerialisation, half the batch."""
     mesh = exp.mesh or Mesh()
     model = max(1, mesh.model)
     data = mesh.data if mesh.data > 0 else chips // model
-    kinds = []
+    kinds = [[]]
+    for sharding in ("fsdp", "megatron", "largest"):
+        if sharding != mesh.sharding:
+            new = dataclasses.replace(mesh, sharding=sharding)
+            kinds[0].append((f"--set mesh.sharding={sharding}", dataclasses.replace(exp, mesh=new)))
     shapes_ = []
     for m in range(model + 1, chips + 1):
         d = chips // m
         if chips % m == 0 and exp.batch_size % (exp.micro_batches * d) == 0:
             change = f"--set mesh.data={d} --set mesh.model={m}"
-            shapes_.append((change, dataclasses.replace(exp, mesh=Mesh(data=d, model=m))))
+            new = dataclasses.replace(mesh, data=d, model=m)
+            shapes_.append((change, dataclasses.replace(exp, mesh=new)))
     kinds.append(shapes_)
     micro = []
     for k in (2, 4, 8):
@@ -637,7 +676,7 @@ def search_fits(exp, devices, chip, hbm, steps_of_exp, limit, say, topo) -> list
             if variant.batch_size != exp.batch_size and not exp.steps:
                 steps = math.ceil(steps_of_exp * exp.batch_size / variant.batch_size)
             say(f"trying {change} ...")
-            sh, mesh, (train,) = compile_all(variant, devices, steps, ("train",), say, topo)
+            sh, mesh, _, (train,) = compile_all(variant, devices, steps, ("train",), say, topo)
             fits = train.fits and train.peak_bytes <= hbm
             fast = speed(variant, sh, chip, train, len(mesh.devices.flat), steps) if fits else None
             out.append(
@@ -684,8 +723,8 @@ def report(p: Plan) -> str:
     chip = p.chip_facts
     lines = [
         f"plan for {p.config} on {p.topology} ({p.chips} x {p.device_kind}), mesh data "
-        f"{p.mesh['data']} x model {p.mesh['model']}: compiled here for the chip, never run on "
-        "it, so every time and cost below is estimated",
+        f"{p.mesh['data']} x model {p.mesh['model']}, sharding {p.sharding}: compiled here for "
+        "the chip, never run on it, so every time and cost below is estimated",
         f"HBM per chip: {size(p.hbm_bytes)} that the compiler allows ({chip['source']}; "
         f"peak bf16 {chip['peak_bf16'] / 1e12:g} TFLOP/s)",
         "",
@@ -714,11 +753,15 @@ def report(p: Plan) -> str:
             f"estimated run: {s.steps:,} steps ({p.steps_from}) x {seconds(s.step_s)} = "
             f"{hours(s.chip_hours)} chip-hours on {p.chips} chips",
         ]
+    train = next((x for x in p.programs if x.name == "train" and x.fits), None)
+    if train is not None:
+        moved = ", ".join(f"{k} {size(v)}" for k, v in train.collectives.items() if v)
+        lines.append(f"collectives per chip per train step (compiled HLO): {moved or 'none'}")
     if p.load_bytes > p.hbm_bytes:
         lines.append(
-            f"warning: setup loads the whole model onto one chip before sharding it "
-            f"({size(p.load_bytes)} > {size(p.hbm_bytes)}): `morejax train` runs out of memory "
-            "there before its first step"
+            f"warning: setup holds the whole model on one chip before sharding it (at least "
+            f"{size(p.load_bytes)} in base_dtype > {size(p.hbm_bytes)}): `morejax train` runs out "
+            "of memory there before its first step"
         )
     if p.fits:
         lines.append("fits: yes")

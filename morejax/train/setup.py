@@ -28,7 +28,14 @@ from morejax.train.inputs import (
     truncation_warning,
 )
 from morejax.train.logger import say
-from morejax.train.mesh import base_sharding, gather, make_mesh, to_global
+from morejax.train.mesh import (
+    base_sharding,
+    device_memory,
+    gather,
+    make_mesh,
+    resolve_sharding,
+    to_global,
+)
 from morejax.train.model import (
     Loaded,
     abstract_params,
@@ -82,6 +89,7 @@ class Setup:
     dev_batches: dict
     init_error: float | None = None
     test_overlap: dict = dataclasses.field(default_factory=dict)  # split -> Overlap.as_dict()
+    sharding: str = "largest"  # how base and state are split (`mesh.resolve_sharding`)
 
 
 def with_fresh_head(loaded: Loaded, seed: int):
@@ -231,8 +239,14 @@ def setup(exp: Experiment, adapted: Adapted | None = None) -> Setup:
         )
     del member_params, a
     loaded = dataclasses.replace(loaded, params=None)
-    base = distributed.put(base, base_sharding(mesh, base))
-    return Setup(mesh, kind, loaded, base, adapters, seeds, lrs, n, dev, error, overlaps)
+    nbytes = sum(x.nbytes for x in jax.tree.leaves(base))
+    sharding = resolve_sharding(sharding_of(exp), mesh, nbytes, device_memory(mesh))
+    base = distributed.put(base, base_sharding(mesh, base, sharding))
+    return Setup(mesh, kind, loaded, base, adapters, seeds, lrs, n, dev, error, overlaps, sharding)
+
+
+def sharding_of(exp: Experiment) -> str:
+    return exp.mesh.sharding if exp.mesh is not None else "auto"
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import morejax
-from morejax.train.mesh import base_sharding, replicated
+from morejax.train.mesh import base_sharding, state_sharding
 from morejax.train.model import model_inputs, packed_inputs
 
 
@@ -118,8 +118,9 @@ def make_member_step(
     return member_step
 
 
-def compile_train_step(member_step, mesh, state, base, vectorised: bool):
-    """jit over the mesh: the state is donated, the base is an argument, batches are sharded."""
+def compile_train_step(member_step, mesh, state, base, vectorised: bool, sharding: str = "largest"):
+    """jit over the mesh: the state is donated, the base is an argument, batches are sharded;
+    base and state are split as the `sharding` strategy says (`mesh.base_sharding`)."""
     # Members of a vectorised run have their own batches (their seed orders their data).
     fn = jax.vmap(member_step, in_axes=(0, 0, None, 0, None, 0)) if vectorised else member_step
 
@@ -129,14 +130,14 @@ def compile_train_step(member_step, mesh, state, base, vectorised: bool):
         )
         return {"adapters": adapters, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
-    state_sh = replicated(mesh, state)
+    state_sh = state_sharding(mesh, state, sharding)
     rep = NamedSharding(mesh, P())
     return jax.jit(
         train_step,
         in_shardings=(
             state_sh,
             rep,
-            base_sharding(mesh, base),
+            base_sharding(mesh, base, sharding),
             NamedSharding(mesh, batch_spec(vectorised)),
         ),
         out_shardings=(state_sh, rep),

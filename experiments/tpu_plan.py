@@ -1,0 +1,367 @@
+"""The paper configs planned for TPU slices (results/tpu_plan.md), compiled here from shapes.
+
+    python experiments/tpu_plan.py [--part sharding|table|sweeps] [--only TEXT] [--dry-run]
+
+Each cell is one `morejax plan` of a config's training step (the command is in the cell),
+saved as JSON in results/tpu_plan/ the moment it finishes (atomically); a rerun skips finished
+cells, so the script resumes, and the Markdown is rewritten after every cell. Parts, in the
+order they run: `sharding` (the strategies of `mesh.sharding` compared on two LLaMA-7B configs
+at v5e-8 and v4-8), `table` (config x method x slice), `sweeps` (vectorised members per
+slice). A LLaMA-7B train step takes ~2-5 min to compile on this machine's 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+OUT = ROOT / "results" / "tpu_plan"
+REPORT = ROOT / "results" / "tpu_plan.md"
+SLICES = ("v4-8", "v5e-8", "v5p-8", "v6e-8")
+# The order cells run in: v4 compiles last (a LLaMA-7B one held 13 GB of host memory).
+RUN_ORDER = ("v5e-8", "v6e-8", "v5p-8", "v4-8")
+METHODS = ("more", "lora", "dora", "pissa", "milora")
+GiB = 2**30
+ATTEMPTS = 2  # a cell whose compile was killed this often is recorded as an error
+
+
+def adapter(method: str, rank: int, dropout: float) -> list[str]:
+    """`--set` for a method at a LoRA rank (MoRe: nb4 at the same rank, as the configs)."""
+    return {
+        "more": [f"adapter=MoRe(nblocks=4, rank={rank}, dropout={dropout})"],
+        "lora": [f"adapter=LoRA(rank={rank}, alpha={2.0 * rank}, dropout={dropout})"],
+        "dora": [f"adapter=DoRA(rank={rank}, alpha={2.0 * rank}, dropout={dropout})"],
+        "pissa": [f"adapter=PiSSA(rank={rank}, dropout={dropout})"],
+        "milora": [f"adapter=MiLoRA(rank={rank}, dropout={dropout})"],
+    }[method]
+
+
+# (row id, what it is, config file, method -> --set values)
+ROWS = [
+    (
+        "roberta-glue",
+        "MoRe RoBERTa-large GLUE (SST-2 recipe; others r=8 on q,k,v)",
+        "configs/glue_more_roberta_large.py",
+        lambda m: [] if m == "more" else adapter(m, 8, 0.0),
+    ),
+    (
+        "llama7b-commonsense",
+        "MoRe LLaMA-7B commonsense_170k (nb4 r4 on q,k,v; others r=32 on q,k,v)",
+        "configs/commonsense_more_llama7b.py",
+        lambda m: [] if m == "more" else adapter(m, 32, 0.05),
+    ),
+    (
+        "llama2-7b-commonsense",
+        "MiLoRA LLaMA-2-7B commonsense_170k (r=32 on q,k,v,up,down)",
+        "configs/commonsense_smollm2.py",
+        lambda m: ["scale=paper", f"method={m}"],
+    ),
+    (
+        "llama2-7b-math",
+        "MiLoRA LLaMA-2-7B math_10k (r=64 on q,k,v,up,down)",
+        "configs/math_smollm2.py",
+        lambda m: ["scale=paper", f"method={m}"],
+    ),
+    (
+        "llama3-8b-commonsense",
+        "LLaMA-3-8B commonsense_170k (MiLoRA's recipe, r=32 on q,k,v,up,down)",
+        "configs/commonsense_smollm2.py",
+        lambda m: ["scale=paper", f"method={m}", "model.name=llama-3-8b"],
+    ),
+]
+# The sharding comparison: (config, --set), slice -> [(mesh, sharding)].
+SHARDING_CONFIGS = [
+    ("llama7b-commonsense", "configs/commonsense_more_llama7b.py", []),
+    ("llama2-7b-math", "configs/math_smollm2.py", ["scale=paper", "method=milora"]),
+]
+SHARDING_SLICES = {
+    "v5e-8": [((1, 8), "largest"), ((1, 8), "megatron"), ((8, 1), "fsdp"), ((8, 1), "largest")],
+    "v4-8": [((1, 4), "largest"), ((1, 4), "megatron"), ((4, 1), "fsdp"), ((4, 1), "largest")],
+}
+# Meshes with both axes, for the first config only (after the others).
+MIXED = {"v5e-8": (2, 4), "v4-8": (2, 2)}
+SWEEP_ROWS = ("roberta-glue", "llama7b-commonsense")
+SWEEP_MEMBERS = (2, 4, 8, 16)
+
+
+@dataclasses.dataclass
+class Cell:
+    part: str
+    key: str  # file name
+    config: str
+    sets: list
+    topology: str
+
+    def command(self) -> str:
+        sets = " ".join(f"--set {shlex.quote(s)}" for s in self.sets)
+        return (
+            f"morejax plan {self.config} --topology {self.topology} {sets} "
+            "--programs train --search 0 --json"
+        ).replace("  ", " ")
+
+
+def cells(part: str) -> list[Cell]:
+    out = []
+    if part == "sharding":
+        for topo, variants in SHARDING_SLICES.items():
+            for row, path, sets in SHARDING_CONFIGS:
+                for (d, m), sharding in variants:
+                    mesh = [f"mesh.data={d}", f"mesh.model={m}", f"mesh.sharding={sharding}"]
+                    key = f"sharding-{row}-{topo}-{d}x{m}-{sharding}"
+                    out.append(Cell(part, key, path, [*sets, *mesh], topo))
+        row, path, sets = SHARDING_CONFIGS[0]
+        for topo, (d, m) in MIXED.items():
+            for sharding in ("largest", "megatron", "fsdp"):
+                mesh = [f"mesh.data={d}", f"mesh.model={m}", f"mesh.sharding={sharding}"]
+                key = f"sharding-{row}-{topo}-{d}x{m}-{sharding}"
+                out.append(Cell(part, key, path, [*sets, *mesh], topo))
+        out.sort(key=lambda c: RUN_ORDER.index(c.topology))
+    elif part == "table":
+        # A method at a time on every row and slice, so a partial run has whole columns.
+        for method in METHODS:
+            for topo in RUN_ORDER:
+                for row, _, path, sets in ROWS:
+                    out.append(Cell(part, f"table-{row}-{method}-{topo}", path, sets(method), topo))
+    elif part == "sweeps":
+        for topo in RUN_ORDER:
+            for row, _, path, sets in ROWS:
+                if row not in SWEEP_ROWS:
+                    continue
+                for n in SWEEP_MEMBERS:
+                    seeds = f"vmap_seeds={tuple(range(n))}"
+                    key = f"sweeps-{row}-{topo}-{n}"
+                    out.append(Cell(part, key, path, [*sets("more"), seeds], topo))
+    return out
+
+
+def run_cell(cell: Cell) -> dict:
+    from morejax.train import config, plan
+
+    t0 = time.time()
+    exp = config.build(config.load(ROOT / cell.config, cell.sets))
+    try:
+        p = plan.plan(exp, cell.topology, programs=("train",), search=0)
+        result = dataclasses.asdict(p)
+    except ValueError as e:  # a setting the slice cannot take (e.g. batch over the mesh)
+        result = {"error": str(e)}
+    result.update(command=cell.command(), wall_s=round(time.time() - t0, 1))
+    return result
+
+
+def save(cell: Cell, result: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = OUT / f".{cell.key}.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, OUT / f"{cell.key}.json")
+
+
+def load(key: str) -> dict | None:
+    path = OUT / f"{key}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def gib(n) -> str:
+    return f"{n / GiB:.1f}"
+
+
+def step_ms(r: dict) -> str:
+    return f"{r['speed']['step_s'] * 1e3:,.0f} ms" if r.get("speed") else "-"
+
+
+def hours(r: dict) -> str:
+    return f"{r['speed']['chip_hours']:,.1f}" if r.get("speed") else "-"
+
+
+def train_of(r: dict) -> dict:
+    return next(p for p in r["programs"] if p["name"] == "train")
+
+
+def table_cell(r: dict | None) -> str:
+    if r is None:
+        return "not run"
+    if "error" in r:
+        return f"error: {r['error'][:60]}"
+    t = train_of(r)
+    if not r["fits"]:
+        return f"no ({gib(t['peak_bytes'])} GiB)"
+    return f"yes, {gib(t['peak_bytes'])} GiB, {step_ms(r)}, {hours(r)} chip-h"
+
+
+def markdown() -> str:
+    lines = [
+        "# TPU plans of the paper configs",
+        "",
+        "Made by `python experiments/tpu_plan.py` (resumable; one JSON per cell in",
+        "`results/tpu_plan/`, each with the `morejax plan` command that made it). Every step",
+        "was compiled on a 2-core CPU machine for the TPU with libtpu (`pip install -e",
+        '".[tpu]"`), from shapes alone, and never run on a chip. Memory per chip and',
+        "whether it fits are the TPU compiler's; step times (a roofline from peak bf16 FLOP/s",
+        "and HBM bandwidth, no communication), tokens/s and chip-hours are **estimated**. Only",
+        "the training step is compiled (`--programs train`).",
+        "",
+    ]
+    lines += sharding_section() + table_section() + sweeps_section()
+    return "\n".join(lines) + "\n"
+
+
+def sharding_section() -> list[str]:
+    lines = [
+        "## Sharding, measured",
+        "",
+        "Per chip: peak HBM of the training step, the frozen base's share, and the bytes each",
+        "collective produces per step in the compiled HLO (a loop body counted once; these",
+        "steps have no loop). `largest` on a `data` x 1 mesh is the old default (the base",
+        "replicated on every chip).",
+        "",
+        "| config | slice | mesh data x model | sharding | fits | peak GiB | base GiB | "
+        "all-gather GB | all-reduce GB | reduce-scatter GB | permute GB | all-to-all GB | "
+        "est. step | compile |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    commands = []
+    for cell in cells("sharding"):
+        r = load(cell.key)
+        mesh, sharding = cell.sets[-3:-1], cell.sets[-1].split("=")[1]
+        shape = f"{mesh[0].split('=')[1]} x {mesh[1].split('=')[1]}"
+        row = cell.key.split("-v")[0].removeprefix("sharding-")
+        if r is None or "error" in r:
+            note = "not run" if r is None else f"error: {r['error'][:60]}"
+            lines.append(f"| {row} | {cell.topology} | {shape} | {sharding} | {note} |" + " |" * 9)
+            continue
+        t = train_of(r)
+        c = t["collectives"]
+        fits = "yes" if r["fits"] else "no"
+        base = gib(t["arguments"]["base"]) if t["arguments"] else "-"
+        cols = [c.get(k, 0) / 1e9 for k in COLLECTIVES]
+        lines.append(
+            f"| {row} | {cell.topology} | {shape} | {sharding} | {fits} | {gib(t['peak_bytes'])} "
+            f"| {base} | " + " | ".join(f"{x:.2f}" for x in cols) + f" | {step_ms(r)} "
+            f"| {t['compile_s']:.0f} s |"
+        )
+        commands.append(r["command"])
+    lines += ["", "Commands:", "", "```bash", *commands, "```", ""]
+    return lines
+
+
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
+
+
+def table_section() -> list[str]:
+    lines = [
+        "## Config x method x slice",
+        "",
+        "Each cell: fits or not, peak GiB per chip of the training step, the estimated step",
+        "time and the estimated chip-hours of the paper's full recipe (epochs x training",
+        "examples / batch; GLUE: SST-2's 67,349, the reasoning mixtures their nominal",
+        "170,000 / 10,000). The config's own mesh (data over every chip) and `mesh.sharding`",
+        "`auto`.",
+        "",
+        "| config | method | " + " | ".join(SLICES) + " |",
+        "|---|---|" + "---|" * len(SLICES),
+    ]
+    commands, missing = [], []
+    for row, what, *_ in ROWS:
+        for method in METHODS:
+            line = f"| {what} | {method} |"
+            for topo in SLICES:
+                key = f"table-{row}-{method}-{topo}"
+                r = load(key)
+                line += f" {table_cell(r)} |"
+                if r is None:
+                    missing.append(key)
+                else:
+                    commands.append(r["command"])
+            lines.append(line)
+    lines += ["", f"Cells not run yet: {len(missing)}.", "", "Commands:", "", "```bash"]
+    lines += [*commands, "```", ""]
+    return lines
+
+
+def sweeps_section() -> list[str]:
+    lines = [
+        "## Vectorised sweep members on one slice",
+        "",
+        "`vmap_seeds=(0, ..., n-1)`: n members trained as one program (each with its own",
+        "batch). Each cell: the peak GiB per chip of the training step with n members.",
+        "",
+        "| config | members | " + " | ".join(SLICES) + " |",
+        "|---|---|" + "---|" * len(SLICES),
+    ]
+    commands = []
+    for row, what, *_ in ROWS:
+        if row not in SWEEP_ROWS:
+            continue
+        for n in (1, *SWEEP_MEMBERS):
+            line = f"| {what} | {n} |"
+            for topo in SLICES:
+                key = f"table-{row}-more-{topo}" if n == 1 else f"sweeps-{row}-{topo}-{n}"
+                r = load(key)
+                line += f" {table_cell(r)} |"
+                if r is not None and n > 1:
+                    commands.append(r["command"])
+            lines.append(line)
+    lines += ["", "Commands:", "", "```bash", *commands, "```", ""]
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=("sharding", "table", "sweeps"), action="append")
+    ap.add_argument("--only", default="", help="cells whose key contains this text")
+    ap.add_argument("--dry-run", action="store_true", help="list the cells and their state")
+    args = ap.parse_args()
+    todo = [c for part in args.part or ("sharding", "table", "sweeps") for c in cells(part)]
+    todo = [c for c in todo if args.only in c.key]
+    if args.dry_run:
+        for c in todo:
+            state = "done" if load(c.key) else "todo"
+            print(f"{state}  {c.key}  {c.command()}")
+        return 0
+    try:  # when the host runs out of memory, the kernel kills this planner, not a neighbour
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError:
+        pass
+    for c in todo:
+        if load(c.key) is not None:
+            continue
+        if c.part == "sweeps" and skipped_by_smaller(c):
+            continue
+        tries = OUT / f".{c.key}.tries"
+        n = int(tries.read_text()) if tries.is_file() else 0
+        if n >= ATTEMPTS:  # killed that often mid-compile (host memory): recorded, not retried
+            save(c, {"error": f"killed {n} times while compiling", "command": c.command()})
+            continue
+        OUT.mkdir(parents=True, exist_ok=True)
+        tries.write_text(str(n + 1))
+        print(f"{c.key}: {c.command()}", flush=True)
+        result = run_cell(c)
+        save(c, result)
+        tries.unlink()
+        REPORT.write_text(markdown())
+        print(f"  {table_cell(result)} ({result['wall_s']:.0f} s)", flush=True)
+    REPORT.write_text(markdown())
+    return 0
+
+
+def skipped_by_smaller(cell: Cell) -> bool:
+    """A member count above one that did not fit is not compiled."""
+    row_topo, n = cell.key.rsplit("-", 1)
+    smaller = [m for m in SWEEP_MEMBERS if m < int(n)]
+    for m in smaller:
+        r = load(f"{row_topo}-{m}")
+        if r is not None and not r.get("fits", False):
+            return True
+    return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
