@@ -8,59 +8,38 @@ the tokenizer conventions they share. ``batches`` puts a collator and an iterato
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from morejax.data.batching import BatchIterator
 
 __all__ = ["batches", "count_tokens"]
 
+_ITERATION_OPTIONS = frozenset(inspect.signature(BatchIterator).parameters) - {
+    "source",
+    "collate",
+    "length_fn",
+}
 
-def batches(
-    source,
-    tokenizer,
-    collator: type,
-    *,
-    batch_size: int,
-    seed: int = 0,
-    shuffle: bool = True,
-    epochs: int | None = 1,
-    drop_remainder: bool = True,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    num_threads: int = 1,
-    prefetch: int = 2,
-    state: dict | None = None,
-    group_by_length: int = 0,
-    **options,
-) -> BatchIterator:
-    """Batches of ``source`` made by ``collator(tokenizer, **options)``.
+
+def batches(source, tokenizer, collator: type, **options) -> BatchIterator:
+    """Batches of ``source`` made by ``collator(tokenizer, ...)``.
 
     ``collator`` is ``collate.EncoderCollator`` (GLUE examples; options ``max_len``,
     ``buckets``, ``pad_id``, ``num_labels``, ``label_dtype``), ``packing.PackedEncoderCollator``
     (the same plus ``group_size``, see ``packing.group_size``), ``collate.DecoderCollator``
     (prompt/response examples; ``max_len``, ``buckets``, ``pad_id``, ``eos_id``,
-    ``add_special_tokens``) or ``chat.ChatCollator``. The defaults train: shuffled, the
-    remainder dropped; evaluation passes ``shuffle=False, epochs=1, drop_remainder=False``
-    (the last batch completed with ``valid=0`` rows). The rest is ``BatchIterator``'s;
+    ``add_special_tokens``) or ``chat.ChatCollator``. ``BatchIterator``'s options
+    (``batch_size``, ``seed``, ``shuffle``, ``epochs``, ``drop_remainder``, ``state``,
+    ``group_by_length`` ...) go to it, the rest to the collator. Its defaults train:
+    shuffled, the remainder dropped; evaluation passes ``shuffle=False, epochs=1,
+    drop_remainder=False`` (the last batch completed with ``valid=0`` rows).
     ``group_by_length`` sorts by the collator's ``text_length``.
     """
+    iteration = {k: options.pop(k) for k in list(options) if k in _ITERATION_OPTIONS}
     collate = collator(tokenizer, **options)
-    return BatchIterator(
-        source,
-        collate,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=shuffle,
-        epochs=epochs,
-        drop_remainder=drop_remainder,
-        process_index=process_index,
-        process_count=process_count,
-        num_threads=num_threads,
-        prefetch=prefetch,
-        state=state,
-        group_by_length=group_by_length,
-        length_fn=collate.text_length,
-    )
+    return BatchIterator(source, collate, length_fn=collate.text_length, **iteration)
 
 
 def count_tokens(batch: dict[str, np.ndarray], key: str = "attention_mask") -> int:
