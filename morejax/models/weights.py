@@ -218,26 +218,8 @@ def load_params(
                 f"checkpoint tensor {name!r} maps to {path_str(path)}, which this model does not "
                 f"have: is this checkpoint for another model (e.g. more layers)?"
             )
-        leaf_shape = tuple(targets[path].shape)
         value = found.value(tensor)
-        where = path_str(path)
-        if layer is None:
-            expected = leaf_shape
-        else:
-            if not leaf_shape or not 0 <= layer < leaf_shape[0]:
-                raise ValueError(
-                    f"checkpoint tensor {name!r} is layer {layer} but morejax's stacked leaf "
-                    f"{where} has shape {leaf_shape}: is this checkpoint for another model?"
-                )
-            expected = leaf_shape[1:]
-            where = f"{where}[{layer}]"
-        if value.shape != expected:
-            shown = tuple(np.shape(tensor))
-            after = f" ({value.shape} after its transform)" if value.shape != shown else ""
-            raise ValueError(
-                f"checkpoint tensor {name!r} has shape {shown}{after} but morejax expects "
-                f"{expected} at {where}: is this checkpoint for another model?"
-            )
+        where = _checked_slot(name, tensor, value, found, tuple(targets[path].shape))
         buf = buffer(path)
         if layer is None:
             if filled.get(path):
@@ -253,15 +235,53 @@ def load_params(
         del value, tensor
 
     if unknown_names:
-        msg = (
-            f"{len(unknown_names)} checkpoint tensor(s) not known to the name mapping: "
-            f"{unknown_names[:20]}" + (" ..." if len(unknown_names) > 20 else "")
-        )
-        if unknown == "error":
-            raise ValueError(msg)
-        if unknown == "warn":
-            warnings.warn(msg, stacklevel=2)
+        _report_unknown(unknown_names, unknown)
+    _check_filled(targets, filled)
 
+    out = {}
+    for path in targets:
+        # Leaf by leaf, each transfer finished before the next starts: device_put is
+        # asynchronous and keeps its host buffer alive until done, so without the wait every
+        # host buffer outlives the loop and the checkpoint is held twice.
+        out[path] = jax.device_put(buffers.pop(path)).block_until_ready()
+    return unflatten(out)
+
+
+def _checked_slot(name: str, tensor, value, found: Target, leaf_shape: tuple) -> str:
+    """Where a tensor goes ('path', or 'path[layer]' in a stacked leaf); an error naming the
+    tensor if its shape does not fit there."""
+    where = path_str(found.path)
+    if found.layer is None:
+        expected = leaf_shape
+    else:
+        if not leaf_shape or not 0 <= found.layer < leaf_shape[0]:
+            raise ValueError(
+                f"checkpoint tensor {name!r} is layer {found.layer} but morejax's stacked leaf "
+                f"{where} has shape {leaf_shape}: is this checkpoint for another model?"
+            )
+        expected = leaf_shape[1:]
+        where = f"{where}[{found.layer}]"
+    if value.shape != expected:
+        shown = tuple(np.shape(tensor))
+        after = f" ({value.shape} after its transform)" if value.shape != shown else ""
+        raise ValueError(
+            f"checkpoint tensor {name!r} has shape {shown}{after} but morejax expects "
+            f"{expected} at {where}: is this checkpoint for another model?"
+        )
+    return where
+
+
+def _report_unknown(names: list[str], unknown: str) -> None:
+    more = " ..." if len(names) > 20 else ""
+    msg = f"{len(names)} checkpoint tensor(s) not known to the name mapping: {names[:20]}{more}"
+    if unknown == "error":
+        raise ValueError(msg)
+    if unknown == "warn":
+        warnings.warn(msg, stacklevel=3)  # at load_params' caller
+
+
+def _check_filled(targets: dict, filled: dict) -> None:
+    """An error naming every leaf (or layer of a stacked leaf) no tensor filled."""
     missing = []
     for path, leaf in targets.items():
         done = filled.get(path)
@@ -278,14 +298,6 @@ def load_params(
         raise ValueError(
             f"{len(missing)} parameter(s) not found in the checkpoint: " + ", ".join(missing)
         )
-
-    out = {}
-    for path in targets:
-        # Leaf by leaf, each transfer finished before the next starts: device_put is
-        # asynchronous and keeps its host buffer alive until done, so without the wait every
-        # host buffer outlives the loop and the checkpoint is held twice.
-        out[path] = jax.device_put(buffers.pop(path)).block_until_ready()
-    return unflatten(out)
 
 
 # --------------------------------------------------------------------------- saving
