@@ -64,7 +64,7 @@ def mesh_overrides(text: str | None) -> dict:
 
 
 def cmd_plan(args) -> int:
-    from morejax.train import plan
+    from morejax.train import plan, plan_report
 
     exp = config.build(load(args, mesh_overrides(args.mesh)))
     result = plan.plan(
@@ -78,5 +78,5 @@ def cmd_plan(args) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=1))
     else:
-        print(plan.report(result))
+        print(plan_report.report(result))
     return 0
