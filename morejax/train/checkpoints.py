@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from morejax import paths
+from morejax.train.config import SHAPE_FIELDS
 from morejax.train.logger import say
 
 ITEMS = ("adapters", "optimizer", "meta", "data", "config")
@@ -44,23 +45,6 @@ ITEMS = ("adapters", "optimizer", "meta", "data", "config")
 TRASH = ".deleted"
 DAMAGED = ".damaged"
 TMP_SUFFIX = ".orbax-checkpoint-tmp"
-# Config fields that decide the saved trees' shapes: named when a checkpoint does not fit.
-SHAPE_FIELDS = (
-    "model.name",
-    "adapter.__fn__",
-    "adapter.rank",
-    "adapter.nblocks",
-    "adapter.block_out",
-    "targets",
-    "rules",
-    "trainable",
-    "exclude",
-    "vmap_seeds",
-    "vmap_learning_rates",
-    "optimizer.clip_norm",
-    "optimizer.weight_decay",
-    "optimizer.lr_groups",
-)
 MAX_SHOWN = 8
 KEEP_LATEST = 2
 
