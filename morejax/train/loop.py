@@ -433,7 +433,7 @@ def save(run: Run, results: list[dict] | None) -> None:
         values = [float(r[run.metric]) for r in results]
         metrics = {run.metric: float(np.mean(values))}
         if is_better(metrics[run.metric], meta["best"], run.mode):
-            meta.update(best=metrics[run.metric], best_step=run.step, best_results=results)
+            meta.update(best=metrics[run.metric], best_step=run.step)
         old = meta.get("best_members") or [None] * len(values)
         meta["best_members"] = [
             {"value": v, "step": run.step} if o is None or is_better(v, o["value"], run.mode) else o

@@ -20,7 +20,6 @@ from morejax.transform.summary import (
     ParamSummary,
     count_params,
     count_trainable,
-    param_table,
     summarize,
 )
 from morejax.transform.targets import ALL_LINEAR, HEAD_PATTERN, PRESETS, plan
@@ -44,7 +43,6 @@ __all__ = [
     "merge",
     "nnx_call",
     "nnx_split",
-    "param_table",
     "plan",
     "summarize",
     "unmerge",

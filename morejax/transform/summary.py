@@ -91,9 +91,5 @@ def _method_str(method) -> str:
     return f"{type(method).__name__}({fields})"
 
 
-def param_table(base, adapters) -> str:
-    return summarize(base, adapters).table()
-
-
 def count_trainable(adapters) -> int:
     return count_params(adapters)
