@@ -379,3 +379,13 @@ def test_minilm_learns_a_real_looking_csv(tmp_path):
     accuracy = [r["accuracy"] for r in rows if r["split"] == "eval"]
     assert 0.4 < majority < 0.55 and accuracy[0] < majority + 0.1  # a fresh head: no better
     assert json.loads((workdir / "results.json").read_text())["best"] >= majority + 0.35, accuracy
+
+    # The class names travel with a merged export, in the head's (sorted) order.
+    out = tmp_path / "hf"
+    assert (
+        cli.main(["export", "--workdir", str(workdir), "--format", "merged", "--out", str(out)])
+        == 0
+    )
+    hf_config = json.loads((out / "config.json").read_text())
+    assert hf_config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert hf_config["label2id"] == {"negative": 0, "neutral": 1, "positive": 2}

@@ -142,7 +142,9 @@ def cmd_export(args) -> int:
             tokenizer_from=model_dir,
         )
     elif args.format == "merged":
-        interop.export_merged(base, adapters, model_config, out, tokenizer_from=model_dir)
+        interop.export_merged(
+            base, adapters, model_config, out, tokenizer_from=model_dir, labels=class_names(exp)
+        )
     else:
         interop.export_more(base, adapters, model_config, out, base_model_name_or_path=base_name)
     print(f"exported step {step} of {workdir} as {args.format} to {out}")
@@ -313,3 +315,16 @@ def cmd_import(args) -> int:
         f"{workdir}; evaluate with: morejax eval --workdir {workdir}"
     )
     return 0
+
+
+def class_names(exp) -> tuple[str, ...] | None:
+    """The run's classes in head order: a file's sorted labels, or a GLUE task's names."""
+    if exp.data is None or exp.model.head != "classification":
+        return None
+    if exp.data.kind == "text":
+        return exp.data.classes
+    if exp.data.kind == "glue":
+        from morejax.data import glue
+
+        return glue.spec(exp.data.task).label_names
+    return None

@@ -42,13 +42,21 @@ class HFModel:
                 f"{'/'.join(path)} has no Hugging Face name in {self.architecture}: {e.args[0]}"
             ) from None
 
-    def hf_config(self) -> dict:
-        """``config.json`` for the task model (transformers' ``from_pretrained`` reads it)."""
+    def hf_config(self, labels=None) -> dict:
+        """``config.json`` for the task model (transformers' ``from_pretrained`` reads it);
+        `labels`, the class names in head order, become its id2label / label2id."""
         out = dict(self.config.to_hf_config(), architectures=[self.architecture])
         if self.family == "bert" and self.architecture.endswith("SequenceClassification"):
             out["num_labels"] = self.config.num_labels
             if self.config.num_labels == 1:
                 out["problem_type"] = "regression"
+            elif labels is not None:
+                if len(labels) != self.config.num_labels:
+                    raise ValueError(
+                        f"{len(labels)} class names for a head of {self.config.num_labels}"
+                    )
+                out["id2label"] = {str(i): str(name) for i, name in enumerate(labels)}
+                out["label2id"] = {str(name): i for i, name in enumerate(labels)}
         if self.family == "llama":
             out["torch_dtype"] = "float32"
         return out

@@ -24,12 +24,15 @@ TOKENIZER_FILES = (
 )
 
 
-def export_merged(base, adapters, config, out_dir, *, tokenizer_from=None, dtype=None) -> Path:
+def export_merged(
+    base, adapters, config, out_dir, *, tokenizer_from=None, dtype=None, labels=None
+) -> Path:
     """K + ΔK of every adapter (any method) as a Hugging Face model folder transformers loads.
 
     ``base`` may be a flat ``{path tuple: leaf}`` dict or a nested tree. Writes
-    ``config.json`` and ``model.safetensors`` (streamed, one tensor at a time), plus the
-    tokenizer files found in ``tokenizer_from``.
+    ``config.json`` (with ``labels``, the class names in head order, as id2label) and
+    ``model.safetensors`` (streamed, one tensor at a time), plus the tokenizer files found
+    in ``tokenizer_from``.
     """
     if isinstance(base, dict) and base and isinstance(next(iter(base)), tuple):
         base = unflatten(base)
@@ -41,7 +44,7 @@ def export_merged(base, adapters, config, out_dir, *, tokenizer_from=None, dtype
     hf = hf_model(config, params)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(hf.hf_config(), indent=2) + "\n")
+    (out / "config.json").write_text(json.dumps(hf.hf_config(labels), indent=2) + "\n")
     weights.save_safetensors(params, out, hf.inverse, metadata={"format": "pt"})
     if tokenizer_from is not None:
         for name in TOKENIZER_FILES:
