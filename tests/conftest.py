@@ -31,6 +31,19 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def hf():
+    """transformers (the `interop` extra), quiet, with torch's generator seeded."""
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        missing(f"this test needs the `interop` extra (torch, transformers): {e}")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    return transformers
+
+
 def pytest_terminal_summary(terminalreporter):
     """The skip count on its own line, so CI logs show at a glance that it is zero."""
     skipped = len(terminalreporter.stats.get("skipped", []))

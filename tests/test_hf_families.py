@@ -12,20 +12,6 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import missing
-
-
-@pytest.fixture(scope="module")
-def hf():
-    try:
-        import torch
-        import transformers
-    except ImportError as e:
-        missing(f"these tests need the `interop` extra (torch, transformers): {e}")
-    transformers.logging.set_verbosity_error()
-    torch.manual_seed(0)
-    return transformers
-
 
 def _save(model, path):
     model.save_pretrained(path)
