@@ -22,12 +22,9 @@ Faults, and what each one does:
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
-import re
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from morejax import paths
 from morejax.train.config import SHAPE_FIELDS
+from morejax.train.disk import errno_of, one_line, probe_writable
 from morejax.train.logger import say
 
 ITEMS = ("adapters", "optimizer", "meta", "data", "config")
@@ -142,78 +140,6 @@ def _show(value) -> str:
     if isinstance(value, dict) and value and all(k[1:-1].isdigit() for k in value):
         return repr([value[k] for k in sorted(value, key=lambda k: int(k[1:-1]))])
     return repr(value)
-
-
-def _reason(e: BaseException) -> str:
-    """An exception on one short line (tensorstore's can span pages)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return f"{type(e).__name__}: {text[:300]}{'...' if len(text) > 300 else ''}"
-
-
-def _os_error(e: BaseException) -> OSError | None:
-    """The OSError behind an orbax / tensorstore failure, if any (errno kept)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return e
-        e = e.__cause__ or e.__context__
-    return None
-
-
-OS_MESSAGES = {
-    "no space left": errno.ENOSPC,
-    "disk quota exceeded": errno.EDQUOT,
-    "read-only file system": errno.EROFS,
-    "permission denied": errno.EACCES,
-    "not a directory": errno.ENOTDIR,
-}
-
-
-def _errno_of(e: BaseException) -> int | None:
-    """From an OSError in the chain, tensorstore's `os_error_code='28'`, or the message."""
-    found = _os_error(e)
-    if found is not None:
-        return found.errno
-    text = str(e)
-    if code := re.search(r"os_error_code='?(\d+)", text):
-        return int(code.group(1))
-    return next((n for m, n in OS_MESSAGES.items() if m in text.lower()), None)
-
-
-def probe_writable(directory: str | Path, need_bytes: int = 0) -> None:
-    """Create `directory`, write and remove a small file there, and check the free space.
-
-    Raises OSError naming the folder and the reason (read-only, full, no permission, a
-    file in the way) at the start of a run instead of at its first checkpoint.
-    """
-    directory = Path(directory)
-    fix = "fix the folder or use another --workdir"
-    if directory.exists() and not directory.is_dir():
-        raise OSError(errno.ENOTDIR, f"checkpoint folder {directory} is a file; {fix}")
-    probe = directory / f".probe-{socket.gethostname()}-{os.getpid()}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with open(probe, "wb") as f:
-            f.write(b"\0" * 4096)
-            f.flush()
-            os.fsync(f.fileno())
-        probe.unlink()
-        free = shutil.disk_usage(directory).free
-    except OSError as e:
-        try:
-            probe.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise OSError(
-            e.errno, f"cannot write checkpoints to {directory}: {e.strerror or e}; {fix}"
-        ) from e
-    if need_bytes and free < need_bytes:
-        raise OSError(
-            errno.ENOSPC,
-            f"cannot write checkpoints to {directory}: {free / 2**20:.1f} MiB free, a checkpoint "
-            f"needs about {need_bytes / 2**20:.1f} MiB; free some space or use another --workdir",
-        )
 
 
 def nbytes(tree) -> int:
@@ -354,8 +280,8 @@ class Checkpoints:
             for tmp in self.directory.glob(f"{step}{TMP_SUFFIX}*"):
                 shutil.rmtree(tmp, ignore_errors=True)
         self.manager.reload()
-        code = _errno_of(e)
-        cause = f"{os.strerror(code)} ({_reason(e)})" if code else _reason(e)
+        code = errno_of(e)
+        cause = f"{os.strerror(code)} ({one_line(e)})" if code else one_line(e)
         text = (
             f"could not write checkpoint step {step} to {self.directory}: {cause}; the earlier "
             f"checkpoints there are kept (steps {self.all_steps()})"
@@ -409,7 +335,7 @@ class Checkpoints:
         try:
             return signature(ocp.StandardCheckpointHandler().metadata(path))
         except Exception as e:
-            raise DamagedCheckpointError(path.parent, item, _reason(e)) from e
+            raise DamagedCheckpointError(path.parent, item, one_line(e)) from e
 
     def _item_dir(self, step: int, item: str) -> Path:
         path = self.directory / str(step) / item
@@ -429,7 +355,7 @@ class Checkpoints:
             for item, arg in args.items():
                 self._restore(step, {item: arg})
         raise DamagedCheckpointError(
-            self.directory / str(step), "/".join(args), _reason(error)
+            self.directory / str(step), "/".join(args), one_line(error)
         ) from error
 
     def _restore_json(self, step: int, item: str):
@@ -517,7 +443,7 @@ class Checkpoints:
             try:
                 return json.loads(path.read_text())
             except (OSError, ValueError) as e:
-                raise DamagedCheckpointError(path.parent.parent, "meta", _reason(e)) from e
+                raise DamagedCheckpointError(path.parent.parent, "meta", one_line(e)) from e
         return dict(self._restore_json(step, "meta"))
 
     def _empty_trash(self) -> None:
