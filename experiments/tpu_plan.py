@@ -1,6 +1,7 @@
 """The paper configs planned for TPU slices (results/tpu_plan.md), compiled here from shapes.
 
     python experiments/tpu_plan.py [--part sharding|table|sweeps] [--only TEXT] [--dry-run]
+    python experiments/tpu_plan.py --reduced --out /tmp/plan   # CI's smoke run: a tiny LM
 
 Each cell is one `morejax plan` of a config's training step (the command is in the cell),
 saved as JSON in results/tpu_plan/ the moment it finishes (atomically); a rerun skips finished
@@ -313,12 +314,39 @@ def sweeps_section() -> list[str]:
     return lines
 
 
+def reduce() -> None:
+    """The smoke run's grid: a one-layer LM with q and v adapted, two methods, one 4-chip slice,
+    two shardings, two sweep members (seconds per compile)."""
+    global ROWS, METHODS, SLICES, RUN_ORDER, SHARDING_CONFIGS, SHARDING_SLICES, MIXED
+    global SWEEP_ROWS, SWEEP_MEMBERS
+    small = ["targets=.*/(q_proj|v_proj)/kernel", "data.max_len=128"]
+    ROWS = [
+        (
+            "tiny",
+            "tiny LM (q, v)",
+            "configs/smoke_tiny_lm.py",
+            lambda m: [*small, *adapter(m, 4, 0.0)],
+        )
+    ]
+    METHODS, SLICES, RUN_ORDER = ("lora", "more"), ("v4-8",), ("v4-8",)
+    SHARDING_CONFIGS = [("tiny", "configs/smoke_tiny_lm.py", small)]
+    SHARDING_SLICES = {"v4-8": [((1, 4), "largest"), ((1, 4), "megatron")]}
+    MIXED, SWEEP_ROWS, SWEEP_MEMBERS = {}, ("tiny",), (2,)
+
+
 def main() -> int:
+    global OUT, REPORT
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=("sharding", "table", "sweeps"), action="append")
     ap.add_argument("--only", default="", help="cells whose key contains this text")
     ap.add_argument("--dry-run", action="store_true", help="list the cells and their state")
+    ap.add_argument("--reduced", action="store_true", help="a tiny model's grid (CI)")
+    ap.add_argument("--out", help="write tpu_plan.md and tpu_plan/ here instead of results/")
     args = ap.parse_args()
+    if args.reduced:
+        reduce()
+    if args.out:
+        OUT, REPORT = Path(args.out) / "tpu_plan", Path(args.out) / "tpu_plan.md"
     todo = [c for part in args.part or ("sharding", "table", "sweeps") for c in cells(part)]
     todo = [c for c in todo if args.only in c.key]
     if args.dry_run:

@@ -71,6 +71,28 @@ def test_every_script_has_a_smoke_run():
 # ----------------------------------------------------------------------------- the scripts
 
 
+@smoke("experiments/tpu_plan.py")
+def test_tpu_plan_reduced_fills_its_cells_and_resumes(tmp_path):
+    """A tiny LM's grid compiled for a v4-8 with libtpu: each cell a JSON with its command, the
+    Markdown filled from them; a rerun compiles nothing."""
+    args = ("experiments/tpu_plan.py", "--reduced", "--out", tmp_path, "--part", "sharding")
+    run(*args, "--part", "table")
+    cells = sorted(p.name for p in (tmp_path / "tpu_plan").glob("*.json"))
+    assert cells == [
+        "sharding-tiny-v4-8-1x4-largest.json",
+        "sharding-tiny-v4-8-1x4-megatron.json",
+        "table-tiny-lora-v4-8.json",
+        "table-tiny-more-v4-8.json",
+    ]
+    record = json.loads((tmp_path / "tpu_plan" / "table-tiny-lora-v4-8.json").read_text())
+    assert record["fits"] and record["command"].startswith("morejax plan configs/smoke_tiny_lm.py")
+    md = (tmp_path / "tpu_plan.md").read_text()
+    assert (
+        "| tiny LM (q, v) | lora | yes, " in md and "| tiny | v4-8 | 1 x 4 | megatron | yes |" in md
+    )
+    assert run(*args, "--part", "table") == ""  # every cell done: nothing compiled again
+
+
 @smoke("experiments/param_counts.py")
 def test_param_counts_script():
     from experiments.param_counts import SETTINGS
