@@ -341,7 +341,7 @@ def run_test(plan: Plan, method: str) -> dict:
         "method": method,
         "lr": chosen["lr"],
         "val_loss": chosen["val_loss"],
-        "params": morejax.count_trainable(adapters),
+        "params": morejax.count_params(adapters),
         "scores": scores,
         "shifts": subspace.summarize_shifts(rows),
         "weights": weights_digest(pretrained),

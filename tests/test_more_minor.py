@@ -116,7 +116,7 @@ def test_through_morejax_call_on_a_dense_model():
         morejax.call(model.apply, base, adapters, x, merged=True), want, atol=1e-5
     )
     # Trainable count equals MoRe's (and a rank-r LoRA's budget).
-    assert morejax.count_trainable(adapters) == 4 * 4 * (5 + 3)
+    assert morejax.count_params(adapters) == 4 * 4 * (5 + 3)
 
 
 @pytest.mark.parametrize(

@@ -288,7 +288,7 @@ def test_transform_factored_equals_merged_and_counts(name, case):
     assert_close(factored, merged, 1e-5, 1 + np.abs(merged))
     shapes = list(zip(case.dims, case.dims[1:]))
     want = sum(expected_count(name, m, *shape) for m, shape in zip(methods, shapes))
-    assert morejax.count_trainable(adapters) == want
+    assert morejax.count_params(adapters) == want
 
 
 # ----------------------------------------------------------------------------- 2. init unchanged

@@ -19,7 +19,6 @@ from morejax.transform.summary import (
     ParamRow,
     ParamSummary,
     count_params,
-    count_trainable,
     summarize,
 )
 from morejax.transform.targets import ALL_LINEAR, HEAD_PATTERN, PRESETS, plan
@@ -37,7 +36,6 @@ __all__ = [
     "call",
     "cast",
     "count_params",
-    "count_trainable",
     "is_adapter",
     "kernel_layout",
     "merge",

@@ -89,7 +89,3 @@ def summarize(base, adapters) -> ParamSummary:
 def _method_str(method) -> str:
     fields = ", ".join(f"{f.name}={getattr(method, f.name)}" for f in dataclasses.fields(method))
     return f"{type(method).__name__}({fields})"
-
-
-def count_trainable(adapters) -> int:
-    return count_params(adapters)
