@@ -18,7 +18,7 @@ recipe unchanged."""
 from configs import common
 
 TASK = "boolq+ARC-Easy+ARC-Challenge+openbookqa"
-LR = {"lora": 1e-3, "pissa": 3e-4, "milora": 1e-3, "dora": 1e-3, "more": 1e-3, "more_minor": 1e-3}
+LR = common.MILORA_TABLES_LR
 
 
 def config(method: str = "milora", scale: str = "small"):
@@ -29,7 +29,6 @@ def config(method: str = "milora", scale: str = "small"):
         rank=4,
         paper_rank=32,
         paper_task="commonsense_170k",
-        lr=LR.get(method, 1e-3),
         steps=34,
         max_len=192,
         buckets=(64, 96, 128, 160, 192),

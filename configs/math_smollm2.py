@@ -20,7 +20,7 @@ paper's recipe unchanged."""
 from configs import common
 
 TASK = "gsm8k_train"
-LR = {"lora": 1e-3, "pissa": 3e-4, "milora": 1e-3, "dora": 1e-3, "more": 1e-3, "more_minor": 1e-3}
+LR = common.MILORA_TABLES_LR
 
 
 def config(method: str = "milora", scale: str = "small"):
@@ -31,7 +31,6 @@ def config(method: str = "milora", scale: str = "small"):
         rank=8,
         paper_rank=64,
         paper_task="math_10k",
-        lr=LR.get(method, 1e-3),
         steps=14,
         max_len=288,
         buckets=(96, 128, 160, 192, 224, 288),
