@@ -9,6 +9,7 @@ weights `[out, in]`; the tables' transforms convert.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
 from pathlib import Path
@@ -151,14 +152,22 @@ def saved_modules(hf: HFModel, plain: dict, adapters) -> dict[str, np.ndarray]:
     return out
 
 
-def save_tensors(tensors: dict, path: Path, metadata: dict) -> None:
-    """safetensors' file with the permissions any written file gets (the library's is 0600)."""
+def write_dir(
+    out_dir, config_name: str, weights_name: str, cfg: dict, tensors: dict, metadata: dict
+) -> Path:
+    """The adapter folder `importing.read_dir` reads back: the tensors, then the JSON config.
+
+    The safetensors file gets the permissions any written file gets (the library's is 0600)."""
     from safetensors.numpy import save_file
 
-    save_file(tensors, str(path), metadata=metadata)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / weights_name), metadata=metadata)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(out / weights_name, 0o666 & ~umask)
+    (out / config_name).write_text(json.dumps(cfg, indent=2) + "\n")
+    return out
 
 
 def warn_quantized(name: str) -> None:

@@ -8,7 +8,6 @@ what rebuilds each adapter.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,8 @@ from morejax.interop.hf import (
     hf_model,
     module_of,
     plain_params,
-    save_tensors,
     saved_modules,
+    write_dir,
 )
 from morejax.interop.importing import assemble, kernel_of, read_dir
 from morejax.methods import MoRe
@@ -57,11 +56,7 @@ def export_more(base, adapters, config, out_dir, *, base_model_name_or_path=None
         "modules_to_save": sorted({module_of(k) for k in saved}),
         "hf_config": hf.hf_config(),
     }
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_tensors(tensors, out / MORE_WEIGHTS, {"format": "morejax-more"})
-    (out / MORE_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
-    return out
+    return write_dir(out_dir, MORE_CONFIG, MORE_WEIGHTS, cfg, tensors, {"format": "morejax-more"})
 
 
 def _more_tensors(hf, plain: dict, adapters) -> tuple[dict, dict]:

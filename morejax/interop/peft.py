@@ -9,7 +9,6 @@ residual base model. Trained heads and leaves go under `modules_to_save`.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -25,8 +24,8 @@ from morejax.interop.hf import (
     hf_model,
     module_of,
     plain_params,
-    save_tensors,
     saved_modules,
+    write_dir,
 )
 from morejax.interop.importing import assemble, kernel_of, read_dir
 from morejax.interop.merged import export_merged
@@ -111,9 +110,7 @@ def export_peft(
     targets = _target_modules(hf, all_kernels, sorted(per_module))
     modules_to_save = sorted({module_of(k) for k in saved})
     cfg = _adapter_config(hf, per_module, base_model_name_or_path, targets, modules_to_save)
-    out.mkdir(parents=True, exist_ok=True)
-    save_tensors(tensors, out / PEFT_WEIGHTS, {"format": "pt"})
-    (out / PEFT_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    write_dir(out, PEFT_CONFIG, PEFT_WEIGHTS, cfg, tensors, {"format": "pt"})
     if svd:
         note = (
             "rank-2r LoRA over the original weights"
