@@ -23,6 +23,14 @@ def kaiming_uniform_a(key, d_in: int, rank: int):
     return jax.random.uniform(key, (d_in, rank), jnp.float32, -bound, bound)
 
 
+def lowrank_init(method, key, kernel) -> dict:
+    """LoRA's start (DoRA's too): A drawn as PEFT draws it, B = 0, so ΔK = 0."""
+    d_in, d_out = kernel.shape
+    check_rank_fits(method, kernel.shape)
+    a = kaiming_uniform_a(key, d_in, method.rank)
+    return {"A": a, "B": jnp.zeros((method.rank, d_out), jnp.float32)}
+
+
 def lowrank_apply(a, b, x, scale):
     return scale * ((x @ a.astype(x.dtype)) @ b.astype(x.dtype))
 
@@ -60,6 +68,13 @@ def check_alpha(method) -> None:
             f"{type(method).__name__}.alpha={value!r} is out of range: it must be a number in "
             "(0, inf) (the scale is alpha / rank)"
         )
+
+
+def check_lowrank(method) -> None:
+    """LoRA's and DoRA's hyperparameters: rank, alpha, dropout."""
+    check_int(method, "rank")
+    check_alpha(method)
+    check_dropout(method)
 
 
 def check_rank_fits(method, kernel_shape) -> None:

@@ -37,22 +37,17 @@ class DoRA(Method):
     dropout: float = 0.0
 
     def __post_init__(self):
-        _common.check_int(self, "rank")
-        _common.check_alpha(self)
-        _common.check_dropout(self)
+        _common.check_lowrank(self)
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
 
     def init(self, key, kernel):
-        d_in, d_out = kernel.shape
-        _common.check_rank_fits(self, kernel.shape)
-        a = _common.kaiming_uniform_a(key, d_in, self.rank)
-        b = jnp.zeros((self.rank, d_out), jnp.float32)
+        params = _common.lowrank_init(self, key, kernel)
         # ||K|| by the same arithmetic apply uses, so m / norm is 1 to the last bit at init.
-        magnitude = _column_norm(kernel, a, b, self.scale)
-        return {"A": a, "B": b, "m": magnitude}, kernel
+        magnitude = _column_norm(kernel, params["A"], params["B"], self.scale)
+        return {**params, "m": magnitude}, kernel
 
     def apply(self, params, x, kernel=None, *, rng=None, xk=None):
         """`xk`: x @ kernel when the caller has it already (the layer's own product), so the

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax.numpy as jnp
-
 from morejax.methods import _common
 from morejax.methods.base import Method
 
@@ -19,19 +17,14 @@ class LoRA(Method):
     rslora: bool = False
 
     def __post_init__(self):
-        _common.check_int(self, "rank")
-        _common.check_alpha(self)
-        _common.check_dropout(self)
+        _common.check_lowrank(self)
 
     @property
     def scale(self) -> float:
         return self.alpha / (math.sqrt(self.rank) if self.rslora else self.rank)
 
     def init(self, key, kernel):
-        d_in, d_out = kernel.shape
-        _common.check_rank_fits(self, kernel.shape)
-        a = _common.kaiming_uniform_a(key, d_in, self.rank)
-        return {"A": a, "B": jnp.zeros((self.rank, d_out), jnp.float32)}, kernel
+        return _common.lowrank_init(self, key, kernel), kernel
 
     def apply(self, params, x, kernel=None, *, rng=None):
         x = _common.dropout(x, self.dropout, rng)
