@@ -10,20 +10,14 @@ import re
 import sys
 from pathlib import Path
 
+from morejax import points
+
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "benchmarks.md"
 HEADER = "# Benchmarks\n\nEach section is rewritten by the command it names.\n"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{points.cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
@@ -37,8 +31,5 @@ def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
     text = path.read_text() if path.is_file() else HEADER
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->\n", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text + "\n" + block
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    points.write_text(path, text)
     return path

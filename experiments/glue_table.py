@@ -15,7 +15,7 @@ command stops. Rerunning skips finished points (keyed on the resolved config: a 
 config reruns them) and resumes an interrupted one from its latest checkpoint in
 `runs/glue_small/`. SIGTERM / Ctrl-C: the step finishes, a checkpoint is written, exit 75.
 
-The point machinery here (`Point`, `run_points`, `atomic_write`) is shared with
+The point machinery here (`Point`, `run_points`, on `morejax.points`) is shared with
 `experiments/more_ablation.py`.
 """
 
@@ -25,8 +25,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from morejax import points  # noqa: E402
 
 CONFIG = ROOT / "configs" / "glue_table_minilm.py"
 TASK_NAMES = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc.)", "rte": "RTE (acc.)"}
@@ -96,31 +96,10 @@ class Point:
     sets: tuple[str, ...] = ()  # `--set PATH=VALUE` text given to the driver, before overrides
 
 
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-    }
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temporary file and a rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def load_result(results: Path, point: Point) -> dict | None:
     """The point's finished result, or None (absent, unreadable, or of another config)."""
-    path = results / f"{point.name}.json"
-    try:
-        out = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return out if out.get("config_key") == point_key(point) else None
+    out = points.read_json(results / f"{point.name}.json")
+    return out if out is not None and out.get("config_key") == point_key(point) else None
 
 
 def point_config(point: Point):
@@ -170,7 +149,7 @@ def run_point(point: Point, runs: Path, results: Path) -> dict:
         out = run_one(cfg, workdir, progress=False)
     finally:
         if not (workdir / "results.json").is_file():
-            atomic_write(spent_file, json.dumps({"wall_s": spent + time.time() - t0}))
+            points.write_json(spent_file, {"wall_s": spent + time.time() - t0})
     exp = config.build(cfg)
     summary = setup.param_summary(exp)
     members = out.get("members") or {"seeds": [exp.seed], "learning_rates": [None]}
@@ -199,10 +178,10 @@ def run_point(point: Point, runs: Path, results: Path) -> dict:
         "wall_s": round(spent + time.time() - t0, 1),
         "curves": curves(workdir),
         "workdir": str(workdir),
-        "machine": machine(),
+        "machine": points.machine(),
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
     }
-    atomic_write(results / f"{point.name}.json", json.dumps(record, indent=1) + "\n")
+    points.write_json(results / f"{point.name}.json", record)
     return record
 
 
@@ -214,46 +193,30 @@ def run_points(
     report: Callable[[dict], None],
     max_points: int | None = None,
 ) -> int:
-    """Run every point `next_points(done)` yields, in order, until none is left.
+    """Every point `next_points(done)` yields (later stages appear once their inputs are
+    done), in order, through `morejax.points.run`; returns the exit code."""
 
-    `next_points` sees the finished results so far (`{name: record}`) and returns the points
-    that can run now (later stages appear once their inputs are done). `report(done)` is
-    called after each point. Returns the exit code (75 when stopped by a signal).
-    """
-    from morejax.train.loop import Preempted
-
-    ran = 0
-    while True:
-        done = finished(next_points, results)
-        todo = [p for p in next_points(done) if p.name not in done]
-        report(done)
-        if not todo or (max_points is not None and ran >= max_points):
-            return 0
-        point = todo[0]
+    def work(point: Point) -> dict:
         print(f"[table] {point.name}: running (est. {point.est_s / 60:.0f} min)", flush=True)
-        try:
-            rec = run_point(point, runs, results)
-        except Preempted as e:
-            report(finished(next_points, results))
-            print(f"preempted: {e}; rerun the same command to resume", file=sys.stderr)
-            return e.exit_code
-        ran += 1
+        rec = run_point(point, runs, results)
         print(f"[table] {point.name}: done in {rec['wall_s']:.0f} s", flush=True)
+        return rec
+
+    load = lambda p: load_result(results, p)
+    return points.run(next_points, load=load, work=work, report=report, max_points=max_points)
 
 
 def finished(next_points: Callable[[dict], list[Point]], results: Path) -> dict:
-    """{name: record} of the finished points, following the stages until no new one is done."""
-    done: dict = {}
-    while True:
-        new = {}
-        for p in next_points(done):
-            if p.name not in done:
-                rec = load_result(results, p)
-                if rec is not None:
-                    new[p.name] = rec
-        if not new:
-            return done
-        done.update(new)
+    return points.finished(next_points, lambda p: load_result(results, p))
+
+
+def run_table(stage, runs: Path, results: Path, report, out: Path, max_points, tag: str) -> int:
+    """Run what is missing, then print the report and what is still missing."""
+    code = run_points(stage, runs=runs, results=results, report=report, max_points=max_points)
+    missing = report(finished(stage, results))
+    print(out.read_text())
+    print(f"[{tag}] missing: {', '.join(missing) if missing else 'nothing'}")
+    return code
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -310,7 +273,7 @@ def chosen_lr(plan: Plan, rec: dict) -> tuple[float, float]:
 
 
 def table_points(plan: Plan) -> Callable[[dict], list[Point]]:
-    def points(done: dict) -> list[Point]:
+    def stage(done: dict) -> list[Point]:
         out = []
         for task in plan.tasks:
             for method in plan.methods:
@@ -350,9 +313,9 @@ def table_points(plan: Plan) -> Callable[[dict], list[Point]]:
         return out
 
     def runnable(done: dict) -> list[Point]:
-        return [p for p in points(done) if p.overrides]
+        return [p for p in stage(done) if p.overrides]
 
-    runnable.all_points = points  # type: ignore[attr-defined]
+    runnable.all_points = stage  # type: ignore[attr-defined]
     return runnable
 
 
@@ -505,7 +468,7 @@ def gaps(plan: Plan, cells: dict) -> str:
 
 
 def header_text(plan: Plan, reduced: bool, cmd: str) -> str:
-    m = machine()
+    m = points.machine()
     setting = "REDUCED smoke setting (tiny random model)" if reduced else "CPU setting"
     return (
         f"## Table ({setting})\n\n"
@@ -525,7 +488,7 @@ def write_report(path: Path, text: str) -> None:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
         new = (old.rstrip() + "\n\n" if old else "") + block + "\n"
-    atomic_write(path, new)
+    points.write_text(path, new)
 
 
 def main(argv=None) -> int:
@@ -581,13 +544,7 @@ def main(argv=None) -> int:
         left = sum(pt.est_s for pt in points_fn.all_points(done) if pt.name in missing)
         print(f"[table] {len(missing)} programs missing, est. {fmt_time(left)}; report: {out}")
         return 0
-    code = run_points(
-        points_fn, runs=runs, results=results, report=report, max_points=args.max_points
-    )
-    missing = report(finished(points_fn, results))
-    print(out.read_text())
-    print(f"[table] missing: {', '.join(missing) if missing else 'nothing'}")
-    return code
+    return run_table(points_fn, runs, results, report, out, args.max_points, "table")
 
 
 if __name__ == "__main__":

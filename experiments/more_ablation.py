@@ -33,11 +33,11 @@ from experiments.glue_table import (  # noqa: E402
     Point,
     finished,
     fmt_time,
-    machine,
     mean_std,
-    run_points,
+    run_table,
     write_report,
 )
+from morejax import points as points_lib  # noqa: E402
 
 CONFIG = ROOT / "configs" / "more_ablation_cola.py"
 
@@ -160,7 +160,7 @@ def neighbours(table: list[dict], series: str) -> list[str]:
 
 
 def markdown(pairs, done: dict, cmd: str, reduced: bool) -> tuple[str, list[str]]:
-    m = machine()
+    m = points_lib.machine()
     missing = [p for _, p in pairs if p.name not in done]
     lines = [
         "## Results ("
@@ -247,11 +247,7 @@ def main(argv=None) -> int:
         left = sum(pt.est_s for _, pt in pairs if pt.name in missing)
         print(f"[ablation] {len(missing)} programs missing, est. {fmt_time(left)}; report: {out}")
         return 0
-    code = run_points(points, runs=runs, results=results, report=report, max_points=args.max_points)
-    missing = report(finished(points, results))
-    print(out.read_text())
-    print(f"[ablation] missing: {', '.join(missing) if missing else 'nothing'}")
-    return code
+    return run_table(points, runs, results, report, out, args.max_points, "ablation")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import shlex
 import sys
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from morejax import points  # noqa: E402
 
 OUT = ROOT / "results" / "tpu_plan"
 REPORT = ROOT / "results" / "tpu_plan.md"
@@ -102,6 +102,10 @@ class Cell:
     sets: list
     topology: str
 
+    @property
+    def name(self) -> str:
+        return self.key
+
     def command(self) -> str:
         sets = " ".join(f"--set {shlex.quote(s)}" for s in self.sets)
         return (
@@ -159,15 +163,11 @@ def run_cell(cell: Cell) -> dict:
 
 
 def save(cell: Cell, result: dict) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    tmp = OUT / f".{cell.key}.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, OUT / f"{cell.key}.json")
+    points.write_json(OUT / f"{cell.key}.json", result)
 
 
 def load(key: str) -> dict | None:
-    path = OUT / f"{key}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return points.read_json(OUT / f"{key}.json")
 
 
 def gib(n) -> str:
@@ -358,26 +358,27 @@ def main() -> int:
         Path("/proc/self/oom_score_adj").write_text("1000")
     except OSError:
         pass
-    for c in todo:
-        if load(c.key) is not None:
-            continue
+
+    def work(c: Cell) -> dict | None:
         if c.part == "sweeps" and skipped_by_smaller(c):
-            continue
+            return None
         tries = OUT / f".{c.key}.tries"
         n = int(tries.read_text()) if tries.is_file() else 0
         if n >= ATTEMPTS:  # killed that often mid-compile (host memory): recorded, not retried
-            save(c, {"error": f"killed {n} times while compiling", "command": c.command()})
-            continue
+            result = {"error": f"killed {n} times while compiling", "command": c.command()}
+            save(c, result)
+            return result
         OUT.mkdir(parents=True, exist_ok=True)
         tries.write_text(str(n + 1))
         print(f"{c.key}: {c.command()}", flush=True)
         result = run_cell(c)
         save(c, result)
         tries.unlink()
-        REPORT.write_text(markdown())
         print(f"  {table_cell(result)} ({result['wall_s']:.0f} s)", flush=True)
-    REPORT.write_text(markdown())
-    return 0
+        return result
+
+    report = lambda done: points.write_text(REPORT, markdown())
+    return points.run(lambda done: todo, load=lambda c: load(c.key), work=work, report=report)
 
 
 def skipped_by_smaller(cell: Cell) -> bool:

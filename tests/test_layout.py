@@ -12,6 +12,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "morejax"
 LEVELS = {
     "morejax.paths": 0,
+    "morejax.points": 0,  # resumable tables: atomic files, the point runner (stdlib only)
     "morejax.methods": 1,
     "morejax.transform": 2,
     "morejax": 2.5,  # the public API: methods and the transform only

@@ -11,14 +11,11 @@ one of N disjoint round-robin slices (a job array, a fleet of machines) into the
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-import os
-import sys
 import traceback
 from pathlib import Path
 
+from morejax import points
 from morejax.cli.train import common_arguments, default_workdir, load, run_one
 from morejax.train import config
 
@@ -110,9 +107,7 @@ def _row(point: dict, out: dict | None, member: int | None, status: str, error: 
 
 def config_key(cfg) -> str:
     """A short hash of the resolved config: a sweep point's results belong to exactly it."""
-    resolved = config.without_neutral(config.to_json(config.resolve(cfg)))
-    text = json.dumps(resolved, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    return points.key(config.without_neutral(config.to_json(config.resolve(cfg))))
 
 
 def _point_config(args, shared: dict, group: list[dict], vector: bool):
@@ -154,46 +149,76 @@ def cmd_sweep(args) -> int:
         stem, what = f"results-shard-{k}-of-{n}", f"points of shard {k}/{n}"
         if not groups:
             print(f"[sweep] shard {k}/{n} has no points (the sweep has fewer than {n} programs)")
-    from morejax.train.loop import Preempted
+    runs = [Program(args, root, shared, group) for shared, group in groups]
 
-    rows, failed = [], 0
-    for shared, group in groups:
-        vector = _is_vector(args, group)
-        workdir = None
-        try:
-            cfg, name = _point_config(args, shared, group, vector)
-            workdir = root / name
-            done = workdir / "results.json"
-            if done.is_file():
-                print(f"[sweep] {name}: finished before with this exact config, skipped")
-                out = json.loads(done.read_text())
-            else:
-                print(f"[sweep] {name}: running", flush=True)
-                out = run_one(cfg, workdir, progress=not args.no_progress)
-                (workdir / FAILED).unlink(missing_ok=True)
-            for i, p in enumerate(group):
-                rows.append(_row(p, out, i if vector else None, "done"))
-        except Preempted as e:  # the whole job is being stopped: not a failed point
-            publish(rows, root, stem)
-            print(f"preempted: {e}; rerun the sweep to resume", file=sys.stderr, flush=True)
-            return e.exit_code
-        except Exception as e:  # one failing point does not stop the sweep
-            traceback.print_exc()
-            failed += len(group)
-            error = _one_line(e)
-            if workdir is not None:  # so --collect can tell failed from not yet run
-                workdir.mkdir(parents=True, exist_ok=True)
-                record = {"error": error, "traceback": traceback.format_exc()}
-                (workdir / FAILED).write_text(json.dumps(record, indent=1) + "\n")
-            for p in group:
-                rows.append(_row(p, None, None, "failed", error))
+    def work(program: Program) -> dict:
+        if program.error is not None:
+            raise program.error
+        print(f"[sweep] {program.name}: running", flush=True)
+        out = run_one(program.cfg, program.workdir, progress=not args.no_progress)
+        (program.workdir / FAILED).unlink(missing_ok=True)
+        return out
+
+    def failed(program: Program, e: Exception) -> None:
+        """Recorded in the point's folder, so --collect can tell failed from not yet run."""
+        traceback.print_exc()
+        if program.workdir is not None:
+            record = {"error": _one_line(e), "traceback": traceback.format_exc()}
+            points.write_json(program.workdir / FAILED, record)
+
+    for program in runs:
+        if program.load() is not None:
+            print(f"[sweep] {program.name}: finished before with this exact config, skipped")
+    code = points.run(lambda done: runs, load=Program.load, work=work, failed=failed)
+    if code not in (0, 1):  # preempted: the whole job is being stopped, not a failed point
+        publish(rows_of(runs), root, stem)
+        return code
+    rows = rows_of(runs)
     if rows:
         print(markdown(rows))
+    n_failed = sum(r["status"] != "done" for r in rows)
     if publish(rows, root, stem):
-        print(f"[sweep] {len(rows)} {what}, {failed} failed; table in {root}/{stem}.csv and .md")
-    if failed:
+        print(f"[sweep] {len(rows)} {what}, {n_failed} failed; table in {root}/{stem}.csv and .md")
+    if n_failed:
         print("[sweep] rerun the same command to retry the failed points (finished ones are kept)")
-    return 1 if failed else 0
+    return 1 if n_failed else 0
+
+
+class Program:
+    """One compiled program of a sweep: a point, or the points vectorised into one."""
+
+    def __init__(self, args, root: Path, shared: dict, group: list[dict]):
+        self.group, self.vector = group, _is_vector(args, group)
+        self.cfg = self.workdir = self.error = None
+        try:
+            self.cfg, self.name = _point_config(args, shared, group, self.vector)
+            self.workdir = root / self.name
+        except Exception as e:  # the runner records this program as failed
+            self.error, self.name = e, config.point_name(group[0])
+
+    def load(self) -> dict | None:
+        if self.workdir is None:
+            return None
+        return points.read_json(self.workdir / "results.json")
+
+    def rows(self) -> list[dict]:
+        """The table's rows of this program's points: done, failed, or missing."""
+        out = self.load()
+        if out is not None:
+            return [
+                _row(p, out, i if self.vector else None, "done") for i, p in enumerate(self.group)
+            ]
+        if self.error is not None:
+            return [_row(p, None, None, "failed", _one_line(self.error)) for p in self.group]
+        failure = points.read_json(self.workdir / FAILED)
+        if failure is not None:
+            return [_row(p, None, None, "failed", failure.get("error", "")) for p in self.group]
+        note = "started, not finished (running or stopped)" if self.workdir.is_dir() else ""
+        return [_row(p, None, None, "missing", note) for p in self.group]
+
+
+def rows_of(runs: list[Program]) -> list[dict]:
+    return [row for program in runs for row in program.rows()]
 
 
 def collect(args, root: Path, groups: list[tuple[dict, list[dict]]]) -> int:
@@ -203,25 +228,9 @@ def collect(args, root: Path, groups: list[tuple[dict, list[dict]]]) -> int:
     other `--set` values than the runs finds none of them), and finished points of other
     configs are counted with the fields they differ in.
     """
-    rows, expected = [], {}
-    for shared, group in groups:
-        vector = _is_vector(args, group)
-        try:
-            cfg, name = _point_config(args, shared, group, vector)
-        except Exception as e:  # the runner records this point as failed too
-            rows += [_row(p, None, None, "failed", _one_line(e)) for p in group]
-            continue
-        expected[name] = config.to_json(cfg)
-        workdir = root / name
-        if (workdir / "results.json").is_file():
-            out = json.loads((workdir / "results.json").read_text())
-            rows += [_row(p, out, i if vector else None, "done") for i, p in enumerate(group)]
-        elif (workdir / FAILED).is_file():
-            error = json.loads((workdir / FAILED).read_text()).get("error", "")
-            rows += [_row(p, None, None, "failed", error) for p in group]
-        else:
-            note = "started, not finished (running or stopped)" if workdir.is_dir() else ""
-            rows += [_row(p, None, None, "missing", note) for p in group]
+    runs = [Program(args, root, shared, group) for shared, group in groups]
+    rows = rows_of(runs)
+    expected = {p.name: config.to_json(p.cfg) for p in runs if p.cfg is not None}
     print(markdown(rows))
     bad = {s: [r["point"] for r in rows if r["status"] == s] for s in ("missing", "failed")}
     done = len(rows) - len(bad["missing"]) - len(bad["failed"])
@@ -304,14 +313,8 @@ def write_table(rows: list[dict], root: Path, stem: str = "results") -> None:
     w = csv.DictWriter(text, fieldnames=cols)
     w.writeheader()
     w.writerows(rows)
-    _replace(root / f"{stem}.csv", text.getvalue())
-    _replace(root / f"{stem}.md", markdown(rows) + "\n")
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, newline="")
-    os.replace(tmp, path)
+    points.write_text(root / f"{stem}.csv", text.getvalue())
+    points.write_text(root / f"{stem}.md", markdown(rows) + "\n")
 
 
 def markdown(rows: list[dict]) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from morejax import points
 from morejax.data.glue_local import layout
 from morejax.data.glue_prepare import default_data_dir, is_prepared, prepare, quiet_tfds
 from morejax.data.glue_tasks import DEFAULT_MAX_LEN, TASKS, TaskSpec, spec, tfds_modules
@@ -97,9 +98,7 @@ def split_overlap(task: str, split: str, *, data_dir=None, local_dir=None) -> tu
 
         counts[split] = count_text_overlap(texts("train"), texts(split))
         try:
-            tmp = record.with_suffix(".tmp")
-            tmp.write_text(json.dumps(counts))
-            os.replace(tmp, record)
+            points.write_text(record, json.dumps(counts))
         except OSError:  # a read-only copy: count again next time
             pass
     seen, total = counts[split]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import morejax
-from morejax import paths
+from morejax import paths, points
 from morejax.data import pipeline
 from morejax.train import checkpoints, config, distributed
 from morejax.train.checkpoints import is_better
@@ -75,7 +74,7 @@ def train(
         run.ckpt.close()
     out = summary(exp, s, run, last_eval, workdir, time.time() - t_start)
     if out["finished"] and jax.process_index() == 0:
-        (workdir / "results.json").write_text(json.dumps(out, indent=1) + "\n")
+        points.write_json(workdir / "results.json", out)  # whole, or the rerun trains again
     return {**out, "state": run.state}
 
 
@@ -309,10 +308,8 @@ def loop(exp: Experiment, s: Setup, run: Run, stream, stop_at, progress: bool, s
     return last_eval
 
 
-class Preempted(Exception):
+class Preempted(points.Stopped):
     """A stop signal ended the run after a checkpoint; rerunning the command resumes."""
-
-    exit_code = 75  # EX_TEMPFAIL: schedulers (and `morejax sweep`) read it as "retry later"
 
     def __init__(self, step: int, signame: str):
         super().__init__(f"stopped by {signame} at step {step}; checkpoint saved, rerun to resume")
