@@ -85,7 +85,7 @@ def test_shipped_reasoning_configs_train_on_no_scored_problem(shared_data, confi
     """After the guard, no training or validation record is a problem of any set the tables
     score (their own, the other table's and the unseen ones); the math file has none at all."""
     sys.path.insert(0, str(ROOT))
-    from experiments.reasoning_tables import COMMONSENSE, MATH, UNSEEN
+    from experiments.reasoning_plan import COMMONSENSE, MATH, UNSEEN
     from morejax.train import config as C
     from morejax.train.inputs import scored_sets
 

@@ -238,6 +238,8 @@ def test_make_figures_reduced(tmp_path, shared_data):
 
 
 @smoke("experiments/reasoning_tables.py")
+@smoke("experiments/reasoning_plan.py")  # the modules the table runs on
+@smoke("experiments/reasoning_report.py")
 def test_reasoning_tables_reduced_resumes_and_reports(tmp_path, shared_data):
     """The math table and the forgetting table on a tiny random model: points land as JSON,
     a rerun finds them done, the Markdown lists what is missing (the commonsense runs)."""
