@@ -256,8 +256,28 @@ def sharding_section() -> list[str]:
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
 
 
+def slice_grid(second: str, rows: list[tuple[str, str, list[str]]]) -> tuple[list, list, int]:
+    """A table of cells by slice: (Markdown lines, the finished cells' commands, how many are
+    not run). `rows`: (what, the second column, one cell key per slice)."""
+    lines = [f"| config | {second} | " + " | ".join(SLICES) + " |"]
+    lines += ["|---|---|" + "---|" * len(SLICES)]
+    commands, missing = [], 0
+    for what, col, keys in rows:
+        results = [load(k) for k in keys]
+        lines.append(f"| {what} | {col} |" + "".join(f" {table_cell(r)} |" for r in results))
+        missing += sum(r is None for r in results)
+        commands += [r["command"] for r in results if r is not None]
+    return lines, commands, missing
+
+
 def table_section() -> list[str]:
-    lines = [
+    rows = [
+        (what, method, [f"table-{row}-{method}-{topo}" for topo in SLICES])
+        for row, what, *_ in ROWS
+        for method in METHODS
+    ]
+    grid, commands, missing = slice_grid("method", rows)
+    return [
         "## Config x method x slice",
         "",
         "Each cell: fits or not, peak GiB per chip of the training step, the estimated step",
@@ -266,52 +286,50 @@ def table_section() -> list[str]:
         "170,000 / 10,000). The config's own mesh (data over every chip) and `mesh.sharding`",
         "`auto`.",
         "",
-        "| config | method | " + " | ".join(SLICES) + " |",
-        "|---|---|" + "---|" * len(SLICES),
+        *grid,
+        "",
+        f"Cells not run yet: {missing}.",
+        "",
+        "Commands:",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        "",
     ]
-    commands, missing = [], []
-    for row, what, *_ in ROWS:
-        for method in METHODS:
-            line = f"| {what} | {method} |"
-            for topo in SLICES:
-                key = f"table-{row}-{method}-{topo}"
-                r = load(key)
-                line += f" {table_cell(r)} |"
-                if r is None:
-                    missing.append(key)
-                else:
-                    commands.append(r["command"])
-            lines.append(line)
-    lines += ["", f"Cells not run yet: {len(missing)}.", "", "Commands:", "", "```bash"]
-    lines += [*commands, "```", ""]
-    return lines
 
 
 def sweeps_section() -> list[str]:
-    lines = [
+    rows = [
+        (
+            what,
+            str(n),
+            [
+                f"table-{row}-more-{topo}" if n == 1 else f"sweeps-{row}-{topo}-{n}"
+                for topo in SLICES
+            ],
+        )
+        for row, what, *_ in ROWS
+        if row in SWEEP_ROWS
+        for n in (1, *SWEEP_MEMBERS)
+    ]
+    grid, commands, _ = slice_grid("members", rows)
+    commands = [c for c in commands if "vmap_seeds" in c]  # one member: the table's cell
+    return [
         "## Vectorised sweep members on one slice",
         "",
         "`vmap_seeds=(0, ..., n-1)`: n members trained as one program (each with its own",
         "batch). Each cell: the peak GiB per chip of the training step with n members.",
         "",
-        "| config | members | " + " | ".join(SLICES) + " |",
-        "|---|---|" + "---|" * len(SLICES),
+        *grid,
+        "",
+        "Commands:",
+        "",
+        "```bash",
+        *commands,
+        "```",
+        "",
     ]
-    commands = []
-    for row, what, *_ in ROWS:
-        if row not in SWEEP_ROWS:
-            continue
-        for n in (1, *SWEEP_MEMBERS):
-            line = f"| {what} | {n} |"
-            for topo in SLICES:
-                key = f"table-{row}-more-{topo}" if n == 1 else f"sweeps-{row}-{topo}-{n}"
-                r = load(key)
-                line += f" {table_cell(r)} |"
-                if r is not None and n > 1:
-                    commands.append(r["command"])
-            lines.append(line)
-    lines += ["", "Commands:", "", "```bash", *commands, "```", ""]
-    return lines
 
 
 def reduce() -> None:
