@@ -162,6 +162,20 @@ def run_cell(cell: Cell) -> dict:
     return result
 
 
+def run_isolated(cell: Cell) -> dict | None:
+    """`run_cell` in a fresh process: a LLaMA-7B compile leaves 10+ GB behind that the next
+    cell must not inherit. None when the process was killed (host memory)."""
+    import concurrent.futures
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+        try:
+            return pool.submit(run_cell, cell).result()
+        except concurrent.futures.process.BrokenProcessPool:
+            return None
+
+
 def save(cell: Cell, result: dict) -> None:
     points.write_json(OUT / f"{cell.key}.json", result)
 
@@ -389,7 +403,10 @@ def main() -> int:
         OUT.mkdir(parents=True, exist_ok=True)
         tries.write_text(str(n + 1))
         print(f"{c.key}: {c.command()}", flush=True)
-        result = run_cell(c)
+        result = run_cell(c) if args.reduced else run_isolated(c)
+        if result is None:
+            print(f"  killed while compiling (try {n + 1} of {ATTEMPTS})", flush=True)
+            return None  # the next run tries again
         save(c, result)
         tries.unlink()
         print(f"  {table_cell(result)} ({result['wall_s']:.0f} s)", flush=True)
