@@ -408,7 +408,7 @@ def main() -> int:
             print(f"  killed while compiling (try {n + 1} of {ATTEMPTS})", flush=True)
             return None  # the next run tries again
         save(c, result)
-        tries.unlink()
+        tries.unlink(missing_ok=True)
         print(f"  {table_cell(result)} ({result['wall_s']:.0f} s)", flush=True)
         return result
 
