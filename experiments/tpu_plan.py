@@ -263,11 +263,15 @@ def sharding_section() -> list[str]:
             f"| {t['compile_s']:.0f} s |"
         )
         commands.append(r["command"])
-    lines += ["", "Commands:", "", "```bash", *commands, "```", ""]
+    lines += ["", *commands_block(commands)]
     return lines
 
 
 COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "collective-permute", "all-to-all")
+
+
+def commands_block(commands: list[str]) -> list[str]:
+    return ["Commands:", "", "```bash", *commands, "```", ""]
 
 
 def slice_grid(second: str, rows: list[tuple[str, str, list[str]]]) -> tuple[list, list, int]:
@@ -304,12 +308,7 @@ def table_section() -> list[str]:
         "",
         f"Cells not run yet: {missing}.",
         "",
-        "Commands:",
-        "",
-        "```bash",
-        *commands,
-        "```",
-        "",
+        *commands_block(commands),
     ]
 
 
@@ -337,12 +336,7 @@ def sweeps_section() -> list[str]:
         "",
         *grid,
         "",
-        "Commands:",
-        "",
-        "```bash",
-        *commands,
-        "```",
-        "",
+        *commands_block(commands),
     ]
 
 
