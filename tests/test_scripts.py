@@ -93,6 +93,19 @@ def test_tpu_plan_reduced_fills_its_cells_and_resumes(tmp_path):
     assert run(*args, "--part", "table") == ""  # every cell done: nothing compiled again
 
 
+def test_tpu_plan_compiles_a_cell_in_a_fresh_process():
+    """The full grid's path (the smoke run above compiles in-process): the cell's plan comes
+    back from a spawned process, the same as compiled here."""
+    sys.path.insert(0, str(ROOT))
+    from experiments import tpu_plan
+
+    sets = ["targets=.*/(q_proj|v_proj)/kernel", "data.max_len=128"]
+    cell = tpu_plan.Cell("table", "t", "configs/smoke_tiny_lm.py", sets, "v4-8")
+    isolated, here = tpu_plan.run_isolated(cell), tpu_plan.run_cell(cell)
+    assert isolated["fits"] and isolated["command"] == here["command"]
+    assert isolated["programs"][0]["peak_bytes"] == here["programs"][0]["peak_bytes"]
+
+
 @smoke("experiments/param_counts.py")
 def test_param_counts_script():
     from experiments.param_counts import SETTINGS
