@@ -5,10 +5,12 @@
 
 Each cell is one `morejax plan` of a config's training step (the command is in the cell),
 saved as JSON in results/tpu_plan/ the moment it finishes (atomically); a rerun skips finished
-cells, so the script resumes, and the Markdown is rewritten after every cell. Parts, in the
-order they run: `sharding` (the strategies of `mesh.sharding` compared on two LLaMA-7B configs
-at v5e-8 and v4-8), `table` (config x method x slice), `sweeps` (vectorised members per
-slice). A LLaMA-7B train step takes ~2-5 min to compile on this machine's 2 cores.
+cells, so the script resumes, and the Markdown is rewritten after every cell. A program
+compiled before (`tpu_plan/programs/`, by its lowered text: MiLoRA's train step is PiSSA's) is
+not compiled again. Parts, in the order they run: `sharding` (the strategies of
+`mesh.sharding` compared on two LLaMA-7B configs at v5e-8 and v4-8), `table` (config x
+method x slice), `sweeps` (vectorised members per slice). A LLaMA-7B train step takes ~3-11
+min to compile on this machine's 2 cores.
 """
 
 from __future__ import annotations
@@ -131,9 +133,9 @@ def cells(part: str) -> list[Cell]:
                 out.append(Cell(part, key, path, [*sets, *mesh], topo))
         out.sort(key=lambda c: RUN_ORDER.index(c.topology))
     elif part == "table":
-        # A method at a time on every row and slice, so a partial run has whole columns.
-        for method in METHODS:
-            for topo in RUN_ORDER:
+        # A slice at a time, so a partial run answers every config and method on a slice.
+        for topo in RUN_ORDER:
+            for method in METHODS:
                 for row, _, path, sets in ROWS:
                     out.append(Cell(part, f"table-{row}-{method}-{topo}", path, sets(method), topo))
     elif part == "sweeps":
@@ -148,13 +150,13 @@ def cells(part: str) -> list[Cell]:
     return out
 
 
-def run_cell(cell: Cell) -> dict:
+def run_cell(cell: Cell, cache: Path | None = None) -> dict:
     from morejax.train import config, plan
 
     t0 = time.time()
     exp = config.build(config.load(ROOT / cell.config, cell.sets))
     try:
-        p = plan.plan(exp, cell.topology, programs=("train",), search=0)
+        p = plan.plan(exp, cell.topology, programs=("train",), search=0, cache=cache)
         result = dataclasses.asdict(p)
     except ValueError as e:  # a setting the slice cannot take (e.g. batch over the mesh)
         result = {"error": str(e)}
@@ -162,7 +164,7 @@ def run_cell(cell: Cell) -> dict:
     return result
 
 
-def run_isolated(cell: Cell) -> dict | None:
+def run_isolated(cell: Cell, cache: Path) -> dict | None:
     """`run_cell` in a fresh process: a LLaMA-7B compile leaves 10+ GB behind that the next
     cell must not inherit. None when the process was killed (host memory)."""
     import concurrent.futures
@@ -171,7 +173,7 @@ def run_isolated(cell: Cell) -> dict | None:
     spawn = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
         try:
-            return pool.submit(run_cell, cell).result()
+            return pool.submit(run_cell, cell, cache).result()
         except concurrent.futures.process.BrokenProcessPool:
             return None
 
@@ -295,6 +297,7 @@ def table_section() -> list[str]:
         for method in METHODS
     ]
     grid, commands, missing = slice_grid("method", rows)
+    shared = shared_programs([k for *_, keys in rows for k in keys])
     return [
         "## Config x method x slice",
         "",
@@ -308,7 +311,27 @@ def table_section() -> list[str]:
         "",
         f"Cells not run yet: {missing}.",
         "",
+        *shared,
         *commands_block(commands),
+    ]
+
+
+def shared_programs(keys: list[str]) -> list[str]:
+    """The cells whose train steps lowered to one program (one compile, one measurement)."""
+    by_program = {}
+    for key in keys:
+        r = load(key)
+        if r is not None and "error" not in r and train_of(r).get("fingerprint"):
+            by_program.setdefault(train_of(r)["fingerprint"], []).append(key)
+    groups = [ks for ks in by_program.values() if len(ks) > 1]
+    if not groups:
+        return []
+    return [
+        "Cells that lowered to one and the same train step (the same HLO text, slice and",
+        "versions), so it was compiled once for them (`fingerprint` in their JSON):",
+        "",
+        *(f"- {' = '.join(f'`{k}`' for k in ks)}" for ks in groups),
+        "",
     ]
 
 
@@ -341,8 +364,8 @@ def sweeps_section() -> list[str]:
 
 
 def reduce() -> None:
-    """The smoke run's grid: a one-layer LM with q and v adapted, two methods, one 4-chip slice,
-    two shardings, two sweep members (seconds per compile)."""
+    """The smoke run's grid: a one-layer LM with q and v adapted, four methods (MiLoRA's a
+    cache hit), one 4-chip slice, two shardings, two sweep members (seconds per compile)."""
     global ROWS, METHODS, SLICES, RUN_ORDER, SHARDING_CONFIGS, SHARDING_SLICES, MIXED
     global SWEEP_ROWS, SWEEP_MEMBERS
     small = ["targets=.*/(q_proj|v_proj)/kernel", "data.max_len=128"]
@@ -354,7 +377,7 @@ def reduce() -> None:
             lambda m: [*small, *adapter(m, 4, 0.0)],
         )
     ]
-    METHODS, SLICES, RUN_ORDER = ("lora", "more"), ("v4-8",), ("v4-8",)
+    METHODS, SLICES, RUN_ORDER = ("lora", "more", "pissa", "milora"), ("v4-8",), ("v4-8",)
     SHARDING_CONFIGS = [("tiny", "configs/smoke_tiny_lm.py", small)]
     SHARDING_SLICES = {"v4-8": [((1, 4), "largest"), ((1, 4), "megatron")]}
     MIXED, SWEEP_ROWS, SWEEP_MEMBERS = {}, ("tiny",), (2,)
@@ -397,7 +420,8 @@ def main() -> int:
         OUT.mkdir(parents=True, exist_ok=True)
         tries.write_text(str(n + 1))
         print(f"{c.key}: {c.command()}", flush=True)
-        result = run_cell(c) if args.reduced else run_isolated(c)
+        cache = OUT / "programs"
+        result = run_cell(c, cache) if args.reduced else run_isolated(c, cache)
         if result is None:
             print(f"  killed while compiling (try {n + 1} of {ATTEMPTS})", flush=True)
             return None  # the next run tries again

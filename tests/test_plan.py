@@ -3,6 +3,7 @@
 and names one that does, the command's output (text and JSON) carries no libtpu noise; and
 every `mesh.sharding` gives the single-device loss and gradients on 8 CPU devices."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -70,6 +71,29 @@ def test_a_config_that_does_not_fit_says_so_and_names_a_setting_that_does(capsys
     assert "tried --set mesh.data=2 --set mesh.model=2: train 12." in out
     assert "cheapest setting that fits (estimated): --set mesh.sharding=fsdp" in out
     assert "estimated" in out.splitlines()[0]
+
+
+def test_a_program_compiled_before_is_taken_from_the_cache(tmp_path, monkeypatch):
+    from morejax.train import plan_programs
+
+    def planned(method, topology="v5e:2x2"):
+        exp = experiment(f"adapter={method}", "mesh.model=2")
+        (train,) = plan.plan(exp, topology, programs=("train",), search=0, cache=tmp_path).programs
+        return train
+
+    pissa = planned("PiSSA(rank=4)")
+    assert not pissa.cached and len(list(tmp_path.glob("*.json"))) == 1
+    compiled = []
+    monkeypatch.setattr(plan_programs, "_compile", lambda *a: compiled.append(a) or 1 / 0)
+    milora = planned("MiLoRA(rank=4)")  # the same train step: only the SVD init differs
+    assert milora.cached and not compiled
+    assert milora.fingerprint == pissa.fingerprint
+    assert dataclasses.replace(milora, cached=False) == pissa
+    with pytest.raises(ZeroDivisionError):  # another rank, or another slice: compiled
+        planned("MiLoRA(rank=8)")
+    with pytest.raises(ZeroDivisionError):
+        planned("PiSSA(rank=4)", "v4:2x2x1")
+    assert len(compiled) == 2
 
 
 def test_the_command_prints_json_and_no_libtpu_warnings():

@@ -74,7 +74,8 @@ def test_every_script_has_a_smoke_run():
 @smoke("experiments/tpu_plan.py")
 def test_tpu_plan_reduced_fills_its_cells_and_resumes(tmp_path):
     """A tiny LM's grid compiled for a v4-8 with libtpu: each cell a JSON with its command, the
-    Markdown filled from them; a rerun compiles nothing."""
+    Markdown filled from them, MiLoRA's train step taken from PiSSA's compile; a rerun
+    compiles nothing."""
     args = ("experiments/tpu_plan.py", "--reduced", "--out", tmp_path, "--part", "sharding")
     run(*args, "--part", "table")
     cells = sorted(p.name for p in (tmp_path / "tpu_plan").glob("*.json"))
@@ -82,7 +83,9 @@ def test_tpu_plan_reduced_fills_its_cells_and_resumes(tmp_path):
         "sharding-tiny-v4-8-1x4-largest.json",
         "sharding-tiny-v4-8-1x4-megatron.json",
         "table-tiny-lora-v4-8.json",
+        "table-tiny-milora-v4-8.json",
         "table-tiny-more-v4-8.json",
+        "table-tiny-pissa-v4-8.json",
     ]
     record = json.loads((tmp_path / "tpu_plan" / "table-tiny-lora-v4-8.json").read_text())
     assert record["fits"] and record["command"].startswith("morejax plan configs/smoke_tiny_lm.py")
@@ -90,10 +93,16 @@ def test_tpu_plan_reduced_fills_its_cells_and_resumes(tmp_path):
     assert (
         "| tiny LM (q, v) | lora | yes, " in md and "| tiny | v4-8 | 1 x 4 | megatron | yes |" in md
     )
+    pissa, milora = (
+        json.loads((tmp_path / "tpu_plan" / f"table-tiny-{m}-v4-8.json").read_text())["programs"][0]
+        for m in ("pissa", "milora")
+    )
+    assert milora == {**pissa, "cached": True} and not pissa["cached"]
+    assert "- `table-tiny-pissa-v4-8` = `table-tiny-milora-v4-8`" in md
     assert run(*args, "--part", "table") == ""  # every cell done: nothing compiled again
 
 
-def test_tpu_plan_compiles_a_cell_in_a_fresh_process():
+def test_tpu_plan_compiles_a_cell_in_a_fresh_process(tmp_path):
     """The full grid's path (the smoke run above compiles in-process): the cell's plan comes
     back from a spawned process, the same as compiled here."""
     sys.path.insert(0, str(ROOT))
@@ -101,9 +110,12 @@ def test_tpu_plan_compiles_a_cell_in_a_fresh_process():
 
     sets = ["targets=.*/(q_proj|v_proj)/kernel", "data.max_len=128"]
     cell = tpu_plan.Cell("table", "t", "configs/smoke_tiny_lm.py", sets, "v4-8")
-    isolated, here = tpu_plan.run_isolated(cell), tpu_plan.run_cell(cell)
+    isolated, here = tpu_plan.run_isolated(cell, tmp_path), tpu_plan.run_cell(cell)
     assert isolated["fits"] and isolated["command"] == here["command"]
     assert isolated["programs"][0]["peak_bytes"] == here["programs"][0]["peak_bytes"]
+    # What the spawned process compiled, the next process finds in the cache.
+    (program,) = tpu_plan.run_cell(cell, tmp_path)["programs"]
+    assert program["cached"] and program == {**isolated["programs"][0], "cached": True}
 
 
 @smoke("experiments/param_counts.py")

@@ -46,6 +46,12 @@ def register(subparsers) -> None:
         default="train,eval,generate,init",
         help="which to compile, comma-separated (default: all the config has)",
     )
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep each compiled program's measurements in DIR, and take them from there "
+        "when the same program (same lowered text, topology and versions) is planned again",
+    )
     p.add_argument("--json", action="store_true", help="the plan as JSON on stdout")
     p.set_defaults(func=cmd_plan)
 
@@ -74,6 +80,7 @@ def cmd_plan(args) -> int:
         examples=args.examples,
         search=args.search,
         progress=lambda text: print(text, file=sys.stderr, flush=True),
+        cache=args.cache,
     )
     if args.json:
         print(json.dumps(dataclasses.asdict(result), indent=1))

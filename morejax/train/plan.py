@@ -24,7 +24,14 @@ from morejax.train.loop import check_batch_split
 from morejax.train.mesh import make_mesh, resolve_sharding
 from morejax.train.plan_chips import CHIPS, parse_topology, topology_devices, usable_hbm
 from morejax.train.plan_cost import Speed, model_bytes, run_steps, speed
-from morejax.train.plan_programs import eval_program, generate_program, init_program, train_program
+from morejax.train.plan_programs import (
+    ProgramCache,
+    compile_program,
+    eval_program,
+    generate_program,
+    init_program,
+    train_program,
+)
 from morejax.train.setup import shapes, sharding_of
 
 PROGRAMS = ("train", "eval", "generate", "init")
@@ -69,12 +76,14 @@ def plan(
     examples: int | None = None,
     search: int = 6,
     progress=None,
+    cache=None,
 ) -> Plan:
     """Compile the config's programs for `topology` (`v5e:2x4`, `v5e-8`) and estimate.
 
     When a program does not fit, up to `search` other settings (mesh shape, micro-batches,
     remat, batch size) have their train step compiled, and the cheapest that fits (in
-    estimated chip-hours) is the suggestion. `progress(text)` hears what compiles.
+    estimated chip-hours) is the suggestion. `progress(text)` hears what compiles. With a
+    `cache` folder, a program compiled before for this topology is not compiled again.
     """
     say = progress or (lambda text: None)
     unknown = sorted(set(programs) - set(PROGRAMS))
@@ -87,7 +96,8 @@ def plan(
     devices = topology_devices(topo)
     hbm = usable_hbm(topo) or chip.hbm_bytes
     steps, steps_from = run_steps(exp, examples)
-    sh, mesh, sharding, compiled = compile_all(exp, devices, steps, programs, say, topo)
+    target = Target(devices, topo, say, ProgramCache(cache, topo) if cache else None)
+    sh, mesh, sharding, compiled = compile_all(exp, target, steps, programs)
     fits = all(p.fits and p.peak_bytes <= hbm for p in compiled)
     train = next((p for p in compiled if p.name == "train"), None)
     fast = (
@@ -110,36 +120,46 @@ def plan(
         model_bytes(sh.params, exp.base_dtype),
     )
     if not fits and search > 0:
-        out.searched = search_fits(exp, devices, chip, hbm, steps, search, say, topo)
+        out.searched = search_fits(exp, target, chip, hbm, steps, search)
         fitting = [c for c in out.searched if c.fits]
         if fitting:
             out.suggestion = min(fitting, key=lambda c: c.chip_hours)
     return out
 
 
-def compile_all(exp, devices, steps, programs, say, topo):
-    mesh = make_mesh(exp.mesh, devices)
+@dataclasses.dataclass
+class Target:
+    """What programs compile for, and where they say so and are kept."""
+
+    devices: tuple
+    topology: str
+    say: object
+    cache: ProgramCache | None
+
+
+def compile_all(exp, target: Target, steps, programs):
+    mesh = make_mesh(exp.mesh, target.devices)
     check_batch_split(exp, mesh.shape["data"])
     sh = shapes(exp)
     base = float(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(sh.base)))
-    sharding = resolve_sharding(sharding_of(exp), mesh, base, usable_hbm(topo))
+    sharding = resolve_sharding(sharding_of(exp), mesh, base, usable_hbm(target.topology))
     out = []
     for name in programs:
         if name == "generate" and not (
             sh.kind == "lm" and (exp.data.generate_sets or exp.data.exact_match)
         ):
             continue
-        say(f"compiling {name} for {topo} ...")
         if name == "train":
-            out.append(train_program(exp, sh, mesh, sharding, steps))
+            lowering = train_program(exp, sh, mesh, sharding, steps)
         elif name == "eval":
-            out.append(eval_program(exp, sh, mesh, sharding))
+            lowering = eval_program(exp, sh, mesh, sharding)
         elif name == "generate":
-            out.append(generate_program(exp, sh, mesh, sharding))
+            lowering = generate_program(exp, sh, mesh, sharding)
         else:
-            program = init_program(sh, devices[0])
-            if program is not None:
-                out.append(program)
+            lowering = init_program(sh, target.devices[0])
+        if lowering is not None:
+            target.say(f"compiling {name} for {target.topology} ...")
+            out.append(compile_program(lowering, target.cache))
     return sh, mesh, sharding, out
 
 
@@ -183,19 +203,19 @@ def variants(exp: Experiment, chips: int) -> list[list[tuple[str, Experiment]]]:
     return kinds
 
 
-def search_fits(exp, devices, chip, hbm, steps_of_exp, limit, say, topo) -> list[Candidate]:
+def search_fits(exp, target: Target, chip, hbm, steps_of_exp, limit) -> list[Candidate]:
     """Compile the train step of up to `limit` variants; within a kind, stop at the first
     that fits (the later ones only cost more)."""
     out = []
-    for kind in variants(exp, len(devices)):
+    for kind in variants(exp, len(target.devices)):
         for change, variant in kind:
             if len(out) >= limit:
                 return out
             steps = steps_of_exp
             if variant.batch_size != exp.batch_size and not exp.steps:
                 steps = math.ceil(steps_of_exp * exp.batch_size / variant.batch_size)
-            say(f"trying {change} ...")
-            sh, mesh, _, (train,) = compile_all(variant, devices, steps, ("train",), say, topo)
+            target.say(f"trying {change} ...")
+            sh, mesh, _, (train,) = compile_all(variant, target, steps, ("train",))
             fits = train.fits and train.peak_bytes <= hbm
             fast = speed(variant, sh, chip, train, len(mesh.devices.flat), steps) if fits else None
             out.append(

@@ -1,14 +1,19 @@
 """The run's programs compiled for a TPU topology from shapes: training's own train, eval and
 generate steps and the SVD initialisation, each with the compiler's memory per chip, XLA's
-FLOPs and the bytes its collectives move."""
+FLOPs and the bytes its collectives move. A `ProgramCache` keeps those by the lowered
+program's text, so a program already compiled (PiSSA's and MiLoRA's train steps are one) is
+not compiled again."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata
 import math
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -17,7 +22,7 @@ from jax.sharding import NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 import morejax
-from morejax import paths
+from morejax import paths, points
 from morejax.train.config import Experiment
 from morejax.train.inputs import BATCH_KEYS
 from morejax.train.loop import initial_state, member_step_of, optimizer
@@ -44,6 +49,50 @@ class Program:
     bytes_accessed: float = 0.0
     collectives: dict = dataclasses.field(default_factory=dict)  # op -> bytes per chip
     note: str = ""
+    fingerprint: str = ""  # of the lowered program and its target (see ProgramCache)
+    cached: bool = False  # measured when this program was compiled before
+
+
+@dataclasses.dataclass
+class Lowering:
+    """A program, ready to lower and compile."""
+
+    name: str
+    lower: Callable[[], jax.stages.Lowered]
+    groups: dict  # argument group -> its shapes, in argument order
+    note: str = ""
+
+
+class ProgramCache:
+    """Compiled programs' measurements in a folder, one JSON per program, keyed by the lowered
+    program's text, the target, the argument groups and the jax/libtpu versions: a compile is
+    deterministic in those, so a hit is the measurement a compile would give."""
+
+    def __init__(self, folder, target: str):
+        self.folder = Path(folder)
+        self.target = target
+
+    def fingerprint(self, lowered, groups: dict) -> str:
+        h = hashlib.sha256()
+        counts = {group: len(jax.tree.leaves(tree)) for group, tree in groups.items()}
+        versions = [jax.__version__, _version("jaxlib"), _version("libtpu")]
+        h.update(repr((self.target, counts, versions, FUSION_PASS)).encode())
+        h.update(lowered.as_text().encode())
+        return h.hexdigest()[:20]
+
+    def get(self, fingerprint: str) -> Program | None:
+        found = points.read_json(self.folder / f"{fingerprint}.json")
+        return None if found is None else Program(**{**found, "cached": True})
+
+    def put(self, program: Program) -> None:
+        points.write_json(self.folder / f"{program.fingerprint}.json", dataclasses.asdict(program))
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
 
 
 def placed(tree, shardings):
@@ -62,10 +111,24 @@ def per_chip_bytes(tree, shardings) -> float:
     return float(total)
 
 
-def compile_program(name: str, lowered_fn, groups: dict) -> Program:
-    """Compile a lowered program; an out-of-memory refusal is a result, not an error."""
+def compile_program(lowering: Lowering, cache: ProgramCache | None = None) -> Program:
+    """Lower and compile (or find in `cache`); an out-of-memory refusal is a result.
+    `compile_s` counts the lowering too."""
     t0 = time.time()
-    lowered = lowered_fn()
+    lowered = lowering.lower()
+    if cache is None:
+        return _compile(lowering, lowered, t0)
+    fingerprint = cache.fingerprint(lowered, lowering.groups)
+    found = cache.get(fingerprint)
+    if found is None:
+        found = _compile(lowering, lowered, t0)
+        found.fingerprint = fingerprint
+        cache.put(found)
+    return found
+
+
+def _compile(lowering: Lowering, lowered, t0: float) -> Program:
+    name, groups = lowering.name, lowering.groups
     with tempfile.TemporaryDirectory() as dump:
         try:
             compiled = lowered.compile(compiler_options=dump_options(dump))
@@ -73,7 +136,8 @@ def compile_program(name: str, lowered_fn, groups: dict) -> Program:
             found = out_of_memory(e)
             if found is None:
                 raise
-            return Program(name, time.time() - t0, False, found[0], note="the compiler refused it")
+            note = "; ".join(filter(None, [lowering.note, "the compiler refused it"]))
+            return Program(name, time.time() - t0, False, found[0], note=note)
         seconds = time.time() - t0
         collectives = collective_bytes(before_collective_fusion(dump) or compiled.as_text())
     mem = compiled.memory_analysis()
@@ -108,6 +172,7 @@ def compile_program(name: str, lowered_fn, groups: dict) -> Program:
         float(cost.get("flops", 0.0)),
         float(cost.get("bytes accessed", 0.0)),
         collectives,
+        lowering.note,
     )
 
 
@@ -175,7 +240,7 @@ def batch_shapes(exp: Experiment, kind: str, rows: tuple) -> dict:
     return out
 
 
-def train_program(exp: Experiment, sh: Shapes, mesh, sharding: str, steps: int) -> Program:
+def train_program(exp: Experiment, sh: Shapes, mesh, sharding: str, steps: int) -> Lowering:
     vec = sh.n_members is not None
     tx, shape = optimizer(exp, steps, sh.member)
     state, keys = jax.eval_shape(
@@ -190,10 +255,10 @@ def train_program(exp: Experiment, sh: Shapes, mesh, sharding: str, steps: int) 
         "base": sh.base,
         "batch": batch,
     }
-    return compile_program("train", lambda: step.lower(state, keys, sh.base, batch), groups)
+    return Lowering("train", lambda: step.lower(state, keys, sh.base, batch), groups)
 
 
-def eval_program(exp: Experiment, sh: Shapes, mesh, sharding: str) -> Program:
+def eval_program(exp: Experiment, sh: Shapes, mesh, sharding: str) -> Lowering:
     vec = sh.n_members is not None
     step = compile_eval_step(make_forward(sh.model, sh.family), sh.kind, vec)
     rows = math.ceil(exp.data.eval_batch_size / mesh.shape["data"]) * mesh.shape["data"]
@@ -202,10 +267,10 @@ def eval_program(exp: Experiment, sh: Shapes, mesh, sharding: str) -> Program:
     base = placed(sh.base, base_sharding(mesh, sh.base, sharding))
     batch = placed(batch, jax.tree.map(lambda _: NamedSharding(mesh, P("data")), batch))
     groups = {"adapters": adapters, "base": base, "batch": batch}
-    return compile_program("eval", lambda: step.lower(adapters, base, batch), groups)
+    return Lowering("eval", lambda: step.lower(adapters, base, batch), groups)
 
 
-def generate_program(exp: Experiment, sh: Shapes, mesh, sharding: str) -> Program:
+def generate_program(exp: Experiment, sh: Shapes, mesh, sharding: str) -> Lowering:
     """Greedy generation as evaluation runs it: one member, `eval_batch_size` prompts of
     `data.max_len` tokens, `data.generate_tokens` new ones."""
     from morejax.models import generate
@@ -240,13 +305,13 @@ def generate_program(exp: Experiment, sh: Shapes, mesh, sharding: str) -> Progra
         )
 
     groups = {"adapters": params["adapters"], "base": params["base"], "batch": (ids, ids)}
-    return compile_program("generate", lower, {**groups, "other": scalars})
+    return Lowering("generate", lower, {**groups, "other": scalars})
 
 
 SVD_METHODS = (morejax.PiSSA, morejax.MiLoRA, morejax.MoReMinor)
 
 
-def init_program(sh: Shapes, device) -> Program | None:
+def init_program(sh: Shapes, device) -> Lowering | None:
     """The SVD initialisation of the largest adapted matrix on one chip, as setup runs it
     (kernel by kernel); None when no method needs one."""
     from morejax.transform import is_adapter
@@ -266,8 +331,9 @@ def init_program(sh: Shapes, device) -> Program | None:
     key = jax.eval_shape(lambda: jax.random.key(0))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=one)
     kernel = jax.ShapeDtypeStruct(matrix, dtype, sharding=one)
-    program = compile_program(
-        "svd init", lambda: jax.jit(method.init).lower(key, kernel), {"base": kernel, "other": key}
+    return Lowering(
+        "svd init",
+        lambda: jax.jit(method.init).lower(key, kernel),
+        {"base": kernel, "other": key},
+        f"largest adapted matrix {matrix[0]}x{matrix[1]}, on one chip",
     )
-    program.note = f"largest adapted matrix {matrix[0]}x{matrix[1]}, on one chip"
-    return program

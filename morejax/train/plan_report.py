@@ -47,8 +47,9 @@ def report(p: Plan) -> str:
     ]
     for prog in p.programs:
         args = ", ".join(f"{k} {size(v)}" for k, v in prog.arguments.items()) or prog.note
+        took = "cached" if prog.cached else f"{prog.compile_s:.1f} s"
         lines.append(
-            f"{prog.name:<9} {prog.compile_s:>6.1f} s  {'yes' if prog.fits else 'NO':<4} "
+            f"{prog.name:<9} {took:>8}  {'yes' if prog.fits else 'NO':<4} "
             f"{size(prog.peak_bytes):>10}   {args:<65} "
             f"{size(prog.temp_bytes) if prog.fits else '-':>11}"
         )
