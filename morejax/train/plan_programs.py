@@ -82,7 +82,10 @@ class ProgramCache:
 
     def get(self, fingerprint: str) -> Program | None:
         found = points.read_json(self.folder / f"{fingerprint}.json")
-        return None if found is None else Program(**{**found, "cached": True})
+        try:
+            return Program(**{**found, "cached": True})
+        except TypeError:  # absent, or written by a version with other fields: compile
+            return None
 
     def put(self, program: Program) -> None:
         points.write_json(self.folder / f"{program.fingerprint}.json", dataclasses.asdict(program))
