@@ -355,12 +355,48 @@ def sweeps_section() -> list[str]:
         "## Vectorised sweep members on one slice",
         "",
         "`vmap_seeds=(0, ..., n-1)`: n members trained as one program (each with its own",
-        "batch). Each cell: the peak GiB per chip of the training step with n members.",
+        "batch). Each cell: the peak GiB per chip of the training step with n members. A",
+        "count above one that did not fit is not compiled.",
+        "",
+        *most_members(),
         "",
         *grid,
         "",
         *commands_block(commands),
     ]
+
+
+def most_members() -> list[str]:
+    """The sweeps' answer: per config and slice, the most members that fit (of 1, 2, 4, ...;
+    `>= n` when the largest count tried fits, `?` until it is known)."""
+    counts = ", ".join(str(n) for n in (1, *SWEEP_MEMBERS))
+    lines = [f"The most members that fit on one slice (of {counts}):", ""]
+    lines += ["| config | " + " | ".join(SLICES) + " |", "|---|" + "---|" * len(SLICES)]
+    for row, what, *_ in ROWS:
+        if row not in SWEEP_ROWS:
+            continue
+        answers = []
+        for topo in SLICES:
+            counts = (1, *SWEEP_MEMBERS)
+            keys = [f"table-{row}-more-{topo}"] + [f"sweeps-{row}-{topo}-{n}" for n in counts[1:]]
+            fits = [load(k) for k in keys]
+            fits = [None if r is None else bool(r.get("fits")) for r in fits]
+            answers.append(most_that_fit(counts, fits))
+        lines.append(f"| {what} |" + "".join(f" {a} |" for a in answers))
+    return lines
+
+
+def most_that_fit(counts: tuple, fits: list) -> str:
+    """`fits[i]`: whether `counts[i]` members fit (None: not compiled yet). Counts above one
+    that did not fit are never compiled, so the first refusal settles it."""
+    best = 0
+    for n, ok in zip(counts, fits):
+        if ok is None:
+            return "?"
+        if not ok:
+            return str(best) if best else "none"
+        best = n
+    return f">= {best}"
 
 
 def reduce() -> None:

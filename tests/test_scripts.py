@@ -118,6 +118,17 @@ def test_tpu_plan_compiles_a_cell_in_a_fresh_process(tmp_path):
     assert program["cached"] and program == {**isolated["programs"][0], "cached": True}
 
 
+def test_tpu_plan_reads_the_most_sweep_members_that_fit():
+    sys.path.insert(0, str(ROOT))
+    from experiments.tpu_plan import most_that_fit
+
+    counts = (1, 2, 4, 8, 16)
+    assert most_that_fit(counts, [True] * 5) == ">= 16"
+    assert most_that_fit(counts, [True, True, False, None, None]) == "2"  # 8, 16 not compiled
+    assert most_that_fit(counts, [False, None, None, None, None]) == "none"
+    assert most_that_fit(counts, [True, True, None, None, None]) == "?"  # not run yet
+
+
 @smoke("experiments/param_counts.py")
 def test_param_counts_script():
     from experiments.param_counts import SETTINGS
