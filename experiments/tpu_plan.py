@@ -145,7 +145,7 @@ def cells(part: str) -> list[Cell]:
                     continue
                 for n in SWEEP_MEMBERS:
                     seeds = f"vmap_seeds={tuple(range(n))}"
-                    key = f"sweeps-{row}-{topo}-{n}"
+                    key = sweep_key(row, topo, n)
                     out.append(Cell(part, key, path, [*sets("more"), seeds], topo))
     return out
 
@@ -340,10 +340,7 @@ def sweeps_section() -> list[str]:
         (
             what,
             str(n),
-            [
-                f"table-{row}-more-{topo}" if n == 1 else f"sweeps-{row}-{topo}-{n}"
-                for topo in SLICES
-            ],
+            [sweep_key(row, topo, n) for topo in SLICES],
         )
         for row, what, *_ in ROWS
         if row in SWEEP_ROWS
@@ -366,21 +363,24 @@ def sweeps_section() -> list[str]:
     ]
 
 
+def sweep_key(row: str, topo: str, n: int) -> str:
+    """The cell of `n` sweep members (one member: the table's MoRe cell)."""
+    return f"table-{row}-more-{topo}" if n == 1 else f"sweeps-{row}-{topo}-{n}"
+
+
 def most_members() -> list[str]:
     """The sweeps' answer: per config and slice, the most members that fit (of 1, 2, 4, ...;
     `>= n` when the largest count tried fits, `?` until it is known)."""
-    counts = ", ".join(str(n) for n in (1, *SWEEP_MEMBERS))
-    lines = [f"The most members that fit on one slice (of {counts}):", ""]
+    counts = (1, *SWEEP_MEMBERS)
+    lines = [f"The most members that fit on one slice (of {', '.join(map(str, counts))}):", ""]
     lines += ["| config | " + " | ".join(SLICES) + " |", "|---|" + "---|" * len(SLICES)]
     for row, what, *_ in ROWS:
         if row not in SWEEP_ROWS:
             continue
         answers = []
         for topo in SLICES:
-            counts = (1, *SWEEP_MEMBERS)
-            keys = [f"table-{row}-more-{topo}"] + [f"sweeps-{row}-{topo}-{n}" for n in counts[1:]]
-            fits = [load(k) for k in keys]
-            fits = [None if r is None else bool(r.get("fits")) for r in fits]
+            found = [load(sweep_key(row, topo, n)) for n in counts]
+            fits = [None if r is None else bool(r.get("fits")) for r in found]
             answers.append(most_that_fit(counts, fits))
         lines.append(f"| {what} |" + "".join(f" {a} |" for a in answers))
     return lines
